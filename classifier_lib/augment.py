@@ -1,0 +1,86 @@
+"""Batched augmentation and normalisation on tensors, run on the training device.
+
+Augmenting a whole uint8 batch at once (one `grid_sample` for every sample's random affine)
+replaces the per-image PIL transforms of DataLoader workers, which on a 2-core machine would
+compete with the model for the same cores.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+
+def normalize(images: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (or [0, 1] float) N x 3 x H x W batch to the normalised float32 the model expects."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    images = (images - mean) / std
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+class BatchAugment:
+    """Per-sample random affine (zoom, aspect, rotation, shift, horizontal flip), colour jitter
+    and histogram equalisation, applied to a whole uint8 batch; returns floats in [0, 1].
+
+    Randomness comes from `generator`, so a seeded epoch sees the same augmentations every time.
+    """
+
+    def __init__(
+        self,
+        zoom: tuple[float, float] = (1.0, 1.6),
+        aspect: float = 0.2,
+        rotate_degrees: float = 15.0,
+        shift: float = 0.1,
+        brightness: float = 0.3,
+        contrast: float = 0.3,
+        saturation: float = 0.3,
+        equalize_p: float = 0.1,
+    ):
+        self.zoom, self.aspect, self.rotate, self.shift = zoom, aspect, math.radians(rotate_degrees), shift
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+        self.equalize_p = equalize_p
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = images.shape[0]
+
+        def uniform(low, high, size=(n,)):
+            return torch.rand(size, generator=generator).mul_(high - low).add_(low).to(images.device)
+
+        if self.equalize_p > 0:
+            chosen = (uniform(0, 1) < self.equalize_p).view(-1, 1, 1, 1)
+            images = torch.where(chosen, TF.equalize(images), images)
+        images = images.float().div_(255.0)
+        images = self._affine(images, uniform)
+        return self._colour(images, uniform).clamp_(0.0, 1.0)
+
+    def _affine(self, images, uniform):
+        n = images.shape[0]
+        zoom = torch.exp(uniform(math.log(self.zoom[0]), math.log(self.zoom[1])))
+        stretch = torch.exp(uniform(-self.aspect, self.aspect))
+        angle = uniform(-self.rotate, self.rotate)
+        flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        sx, sy = flip * stretch / zoom, 1.0 / (stretch * zoom)
+        # theta maps output coordinates to input coordinates in [-1, 1]; |scale| < 1 zooms in.
+        theta = torch.stack(
+            [
+                torch.stack([cos * sx, -sin * sy, uniform(-self.shift, self.shift)], dim=1),
+                torch.stack([sin * sx, cos * sy, uniform(-self.shift, self.shift)], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    def _colour(self, images, uniform):
+        n = images.shape[0]
+        images = images * uniform(1 - self.brightness, 1 + self.brightness).view(n, 1, 1, 1)
+        grey = TF.rgb_to_grayscale(images)
+        images = grey.mean(dim=(2, 3), keepdim=True).lerp(images, uniform(1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1))
+        grey = TF.rgb_to_grayscale(images)
+        return grey.lerp(images, uniform(1 - self.saturation, 1 + self.saturation).view(n, 1, 1, 1))

@@ -1,0 +1,151 @@
+"""Command line: `python -m classifier_lib {train,evaluate,predict,submit} ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .checkpoint import CheckpointError, read_checkpoint
+from .config import Config
+from .data import DataLayoutError
+from .images import UnreadableImage
+
+# The seed project's flags, mapped onto config keys.
+SEED_FLAGS = {
+    "--epochs": ("train.epochs", int),
+    "--subset": ("data.subset", float),
+    "--init-learning-rate": ("train.lr", float),
+    "--lr": ("train.lr", float),
+    "--checkpoint-every": ("train.checkpoint_every", int),
+    "--image-size": ("data.image_size", int),
+    "--batch-size": ("data.batch_size", int),
+    "--seed": ("system.seed", int),
+    "--device": ("system.device", str),
+    "--precision": ("train.precision", str),
+    "--scheduler": ("train.scheduler", str),
+    "--optimizer": ("train.optimizer", str),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m classifier_lib", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from scratch (or resume one)")
+    train.add_argument("--data-dir", help="dataset folder (default: $CLASSIFIER_DATA_DIR, else data/)")
+    train.add_argument("--runs-dir", default="runs", help="where run folders version_N are created")
+    train.add_argument("--config", help="a config.json to start from (e.g. from an earlier run folder)")
+    train.add_argument("--resume", help="continue training from this checkpoint (its run folder and config)")
+    for flag, (key, kind) in SEED_FLAGS.items():
+        train.add_argument(flag, type=kind, dest=key, default=None, help=f"sets {key}")
+    train.add_argument("--run-just-a-subset", action="store_const", const=0.05, dest="data.subset",
+                       help="train on a stratified 5%% subset (the seed's flag)")
+    train.add_argument("--half-precision", action="store_const", const="auto", dest="train.precision",
+                       help="mixed precision: bf16 on CPU, fp16 on CUDA (the default)")
+    train.add_argument("--fp32", action="store_const", const="fp32", dest="train.precision", help="full fp32 precision")
+    train.add_argument("--use-scheduler", action="store_const", const="onecycle", dest="train.scheduler",
+                       help="one-cycle learning-rate schedule (the default)")
+    train.add_argument("--data-augmentation", action="store_const", const=True, dest="data.augment",
+                       help="augment training batches (the default)")
+    train.add_argument("--no-augmentation", action="store_const", const=False, dest="data.augment")
+    train.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                       help="any config field, e.g. --set model.widths 32,64,128,256")
+    evaluate = commands.add_parser("evaluate", help="accuracy and per-class report of a checkpoint on the validation split")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--data-dir", default=None, help="default: the data folder the checkpoint was trained on")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    predict = commands.add_parser("predict", help="predict the class of image files")
+    predict.add_argument("checkpoint")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--json", action="store_true", help="print one JSON object per image")
+
+    submit = commands.add_parser("submit", help="predict an unlabelled (flat or nested) folder into a submission CSV")
+    submit.add_argument("checkpoint")
+    submit.add_argument("test_dir")
+    submit.add_argument("-o", "--output", default="submission.csv")
+    for sub in (evaluate, predict, submit):
+        sub.add_argument("--device", default="auto")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults < --config file < resume checkpoint's config < explicit flags."""
+    config = Config.load(args.config) if args.config else Config()
+    if args.resume:
+        config = Config.from_dict(read_checkpoint(args.resume)["config"])
+    overrides = {key: value for key, value in vars(args).items() if "." in key and value is not None}
+    overrides |= dict(args.set)
+    if args.data_dir:
+        overrides["data.data_dir"] = args.data_dir
+    overrides["train.resume"] = args.resume
+    return config.override(overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    result = train(config_from_args(args), runs_root=args.runs_dir)
+    print(f"best validation accuracy {result.best_valid_acc:.4f} (epoch {result.best_epoch})")
+    print(f"run folder: {result.run_dir}")
+    return 130 if result.interrupted else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_checkpoint
+
+    data_dir = args.data_dir or read_checkpoint(args.checkpoint)["config"]["data"]["data_dir"]
+    evaluation = evaluate_checkpoint(args.checkpoint, data_dir, device=args.device)
+    if args.json:
+        print(json.dumps(evaluation.summary() | {"per_class": evaluation.report().to_dict(orient="index")}, indent=2))
+    else:
+        print(f"accuracy {evaluation.accuracy:.4f} on {len(evaluation.labels)} images of {data_dir}")
+        print(evaluation.report().round(3).to_string())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import Predictor
+
+    predictor = Predictor(args.checkpoint, args.device)
+    failures = 0
+    for image in args.images:
+        try:
+            prediction = predictor.predict(image)
+        except UnreadableImage as error:
+            failures += 1
+            print(json.dumps({"image": image, "error": str(error)}) if args.json else f"{image}: error: {error}")
+            continue
+        if args.json:
+            print(json.dumps({"image": image, "label": prediction.label, "confidence": prediction.confidence,
+                              "probabilities": prediction.probabilities}))
+        else:
+            print(f"{image}: {prediction.label} ({prediction.confidence:.3f})")
+    return 1 if failures else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .inference import Predictor, write_submission
+
+    predictions = Predictor(args.checkpoint, args.device).predict_folder(args.test_dir)
+    csv_path, probs_path = write_submission(predictions, args.output)
+    print(f"{len(predictions.ids)} images -> {csv_path} (probabilities: {probs_path})")
+    for path, reason in predictions.skipped:
+        print(f"skipped {reason}")
+    if predictions.skipped:
+        print(f"{len(predictions.skipped)} unreadable files skipped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit}
+        return commands[args.command](args)
+    except (DataLayoutError, CheckpointError, UnreadableImage, ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Configuration as dataclasses: one section per concern, saved as JSON beside every run.
+
+A `Config` round-trips through `to_dict` / `from_dict`, so `config.json` in a run folder
+(or the copy inside a checkpoint) is enough to reproduce that run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def default_data_dir() -> str:
+    """`$CLASSIFIER_DATA_DIR` if set, else `data/`."""
+    return os.environ.get("CLASSIFIER_DATA_DIR", "data")
+
+
+@dataclass
+class SystemConfig:
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms; slower on CUDA
+    device: str = "auto"  # "auto" picks cuda when available, else cpu
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default (one per core)
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = field(default_factory=default_data_dir)
+    image_size: int = 96
+    batch_size: int = 64
+    subset: float = 1.0  # stratified fraction of every split, for quick runs
+    val_fraction: float = 0.2  # used only when the data has no validation folder
+    augment: bool = True
+    workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per core
+
+
+@dataclass
+class ModelConfig:
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    blocks: tuple[int, ...] = (1, 1, 2, 1)
+    stem_stride: int = 2
+    block_dropout: float = 0.1  # Dropout2d after the blocks of the two deepest stages
+    head_dropout: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "onecycle"  # onecycle | cosine | lambda | none
+    lambda_decay: float = 0.95  # per-epoch factor of the "lambda" scheduler (the seed's)
+    label_smoothing: float = 0.1
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on cpu, fp16 on cuda
+    channels_last: bool = True
+    checkpoint_every: int = 0  # also keep epoch_NNN.pt every N epochs; 0 = only best/last
+    resume: str | None = None
+
+
+@dataclass
+class Config:
+    system: SystemConfig = field(default_factory=SystemConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build a Config from nested dicts; unknown keys are an error, missing ones take defaults."""
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(raw) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+        config = cls()
+        for name, values in raw.items():
+            setattr(config, name, _section_from_dict(getattr(config, name), values))
+        return config
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def override(self, dotted: dict[str, Any]) -> Config:
+        """Return a copy with `{"train.epochs": 3, "lr": 0.1, ...}` applied.
+
+        A bare name is looked up in every section and must be unambiguous.
+        """
+        raw = self.to_dict()
+        for key, value in dotted.items():
+            section, name = _resolve_key(raw, key)
+            raw[section][name] = value
+        return Config.from_dict(raw)
+
+
+def _section_from_dict(default_section: Any, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in dataclasses.fields(default_section)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {type(default_section).__name__} fields: {sorted(unknown)}")
+    converted = {name: _coerce(getattr(default_section, name), value) for name, value in values.items()}
+    return dataclasses.replace(default_section, **converted)
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    """Match the type of the default: JSON gives lists for tuples, CLI and papermill give strings."""
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split()]
+        return tuple(type(default[0])(v) for v in value) if default else tuple(value)
+    if isinstance(value, str) and default is not None and not isinstance(default, str):
+        if isinstance(default, bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected a boolean, got {value!r}")
+        return type(default)(value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _resolve_key(raw: dict[str, dict[str, Any]], key: str) -> tuple[str, str]:
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in raw or name not in raw[section]:
+            raise ValueError(f"unknown config key {key!r}")
+        return section, name
+    owners = [section for section, values in raw.items() if key in values]
+    if len(owners) != 1:
+        raise ValueError(f"unknown config key {key!r}" if not owners else f"ambiguous config key {key!r}: {owners}")
+    return owners[0], key

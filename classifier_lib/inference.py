@@ -1,0 +1,90 @@
+"""Prediction from a checkpoint file alone: single images, batches, folders and submission CSVs."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import LoadedModel, load_model
+from .data import FlatImageDataset
+from .engine import autocast_dtype, predict_logits, resolve_device
+from .images import load_image
+
+
+@dataclass
+class Prediction:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+@dataclass
+class FolderPredictions:
+    ids: list[str]  # paths relative to the folder, readable files only
+    probabilities: torch.Tensor  # len(ids) x classes
+    class_names: list[str]
+    skipped: list[tuple[str, str]]  # (path, reason) of unreadable files
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.class_names[i] for i in self.probabilities.argmax(dim=1).tolist()]
+
+
+class Predictor:
+    """Loads a checkpoint once and predicts with the exact preprocessing used in training."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "fp32"):
+        self.device = resolve_device(device)
+        self.loaded: LoadedModel = load_model(checkpoint, self.device)
+        self.dtype = autocast_dtype(precision, self.device)
+        self.model = self.loaded.model.to(memory_format=torch.channels_last)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.loaded.class_names
+
+    @property
+    def image_size(self) -> int:
+        return self.loaded.image_size
+
+    def preprocess(self, source: str | Path | bytes) -> torch.Tensor:
+        """A file path or the file's bytes to the uint8 tensor the model's training used."""
+        return load_image(source, self.image_size)
+
+    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class probabilities for a uint8 N x 3 x S x S batch."""
+        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, batch_size, self.device, self.dtype)
+        return logits.softmax(dim=1)
+
+    def predict(self, source: str | Path | bytes) -> Prediction:
+        probs = self.probabilities(self.preprocess(source).unsqueeze(0))[0]
+        index = int(probs.argmax())
+        return Prediction(
+            self.class_names[index], float(probs[index]), dict(zip(self.class_names, probs.tolist()))
+        )
+
+    def predict_folder(self, folder: str | Path, workers: int = 0) -> FolderPredictions:
+        """Predict every image under `folder` (nested folders too); unreadable files are listed, not fatal."""
+        dataset = FlatImageDataset.from_folder(folder, self.image_size)
+        images, kept, skipped = dataset.decode_all(workers, desc="decoding test images")
+        ids = [dataset.ids[i] for i in kept]
+        return FolderPredictions(ids, self.probabilities(images), self.class_names, skipped)
+
+
+def write_submission(predictions: FolderPredictions, path: str | Path) -> tuple[Path, Path]:
+    """Write `id,label` to `path` and `id,<class probabilities>` beside it (`*_probs.csv`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probs_path = path.with_name(path.stem + "_probs.csv")
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "label"])
+        writer.writerows(zip(predictions.ids, predictions.labels))
+    with probs_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", *predictions.class_names])
+        for image_id, row in zip(predictions.ids, predictions.probabilities.tolist()):
+            writer.writerow([image_id, *(f"{p:.6f}" for p in row)])
+    return path, probs_path

@@ -1,0 +1,183 @@
+"""Running the numbered notebooks with papermill for one run, and rendering them to HTML reports.
+
+Every notebook of a run gets the same `data_dir` and `run_dir` parameters; executed notebooks go
+to `runs/version_N/notebooks/`, their HTML to `reports/version_N/`, and `reports/index.html`
+lists every run.
+"""
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+from tqdm.auto import tqdm
+
+from .runs import list_runs, new_run_dir
+
+PIPELINE = ("01_data_stats", "02_training", "03_evaluation", "04_activations", "05_submission")
+QUICK_PARAMETERS = {"subset": 0.1, "epochs": 2}
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed; the message names it, the failing cell and where its partial report is."""
+
+
+@dataclass
+class Step:
+    name: str
+    source: Path
+    executed: Path
+    report: Path
+
+
+def declared_parameters(notebook: Path) -> dict[str, Any]:
+    """The names (and inferred types) in a notebook's `parameters` cell."""
+    return papermill.inspect_notebook(str(notebook))
+
+
+def check_parameters(parameters: dict[str, Any], notebooks: list[Path]) -> None:
+    """papermill only warns about unknown names; refuse a name that no notebook declares."""
+    declared = set()
+    for notebook in notebooks:
+        declared |= set(declared_parameters(notebook))
+    unknown = sorted(set(parameters) - declared)
+    if unknown:
+        raise PipelineError(f"unknown parameter(s) {unknown}; the notebooks declare {sorted(declared)}")
+
+
+def select_steps(only: list[str] | None = None, start_from: str | None = None) -> list[str]:
+    """Notebook names to run: all, `only` some (by number or name), or everything `start_from` one on."""
+    def resolve(key: str) -> str:
+        matches = [name for name in PIPELINE if name == key or name.split("_")[0] == key.zfill(2)]
+        if not matches:
+            raise PipelineError(f"no notebook {key!r}; the pipeline is {', '.join(PIPELINE)}")
+        return matches[0]
+
+    if only:
+        wanted = {resolve(key) for key in only}
+        return [name for name in PIPELINE if name in wanted]
+    if start_from:
+        return list(PIPELINE[PIPELINE.index(resolve(start_from)):])
+    return list(PIPELINE)
+
+
+def run_pipeline(
+    data_dir: str | Path,
+    parameters: dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    steps: list[str] | None = None,
+    quick: bool = False,
+    runs_root: str | Path = "runs",
+    reports_root: str | Path = "reports",
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+) -> Path:
+    """Execute the notebooks for one run and render their reports; returns the run folder."""
+    notebooks_dir = Path(notebooks_dir)
+    steps = steps or list(PIPELINE)
+    sources = [notebooks_dir / f"{name}.ipynb" for name in steps]
+    user_parameters = (QUICK_PARAMETERS if quick else {}) | dict(parameters or {})
+    check_parameters(user_parameters, sources)
+    run_dir = (Path(run_dir) if run_dir else new_run_dir(runs_root)).resolve()
+    data_dir = Path(data_dir).resolve()
+    if not run_dir.is_dir():
+        raise PipelineError(f"run folder {run_dir} does not exist")
+    reports_dir = Path(reports_root) / run_dir.name
+    _save_pipeline_parameters(run_dir, data_dir, user_parameters, quick)
+    progress = tqdm(sources, desc="pipeline", unit="notebook")
+    for source in progress:
+        step = Step(source.stem, source, run_dir / "notebooks" / source.name, reports_dir / f"{source.stem}.html")
+        progress.set_postfix_str(step.name)
+        declared = declared_parameters(source)
+        notebook_parameters = {"data_dir": str(data_dir), "run_dir": str(run_dir)} | user_parameters
+        _execute(step, {k: v for k, v in notebook_parameters.items() if k in declared})
+    write_index(runs_root, reports_root)
+    return run_dir
+
+
+def _execute(step: Step, parameters: dict[str, Any]) -> None:
+    step.executed.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(step.source), str(step.executed), parameters=parameters, kernel_name="python3",
+            progress_bar=False, cwd=str(step.source.parent),
+        )
+    except papermill.PapermillExecutionError as error:
+        render_html(step.executed, step.report)
+        raise PipelineError(
+            f"notebook {step.name} failed in cell [{error.exec_count}]: {error.ename}: {error.evalue}\n"
+            f"  executed notebook: {step.executed}\n  partial report:    {step.report}"
+        ) from None
+    finally:
+        _log_step(step, time.perf_counter() - started)
+    render_html(step.executed, step.report)
+
+
+def render_html(notebook: Path, target: Path) -> Path | None:
+    """Render an executed notebook to standalone HTML (figures embedded as data URIs)."""
+    if not notebook.exists():
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def write_index(runs_root: str | Path = "runs", reports_root: str | Path = "reports") -> Path:
+    """`reports/index.html`: every run with its date, headline metrics and links to its reports."""
+    reports_root = Path(reports_root)
+    reports_root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in reversed(list_runs(runs_root)):
+        metrics = _read_json(run / "metrics.json")
+        evaluation = _read_json(run / "evaluation.json")
+        links = " ".join(
+            f'<a href="{run.name}/{page.name}">{html.escape(page.stem)}</a>'
+            for page in sorted((reports_root / run.name).glob("*.html"))
+        )
+        rows.append(
+            "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
+                html.escape(run.name),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(run.stat().st_mtime)),
+                _fmt(metrics.get("best_valid_acc")),
+                metrics.get("epochs_done", ""),
+                _fmt(evaluation.get("accuracy")),
+                links or "(no reports)",
+            )) + "</tr>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>classifier runs</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;border-bottom:1px solid #ddd}</style>"
+        "</head><body><h1>Runs</h1><table><tr><th>run</th><th>date</th><th>best valid acc</th><th>epochs</th>"
+        "<th>evaluated acc</th><th>reports</th></tr>" + "".join(rows) + "</table></body></html>"
+    )
+    index = reports_root / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def _save_pipeline_parameters(run_dir: Path, data_dir, parameters: dict[str, Any], quick: bool) -> None:
+    record = {"data_dir": str(data_dir), "parameters": parameters, "quick": quick}
+    (run_dir / "pipeline.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ""
+
+
+def _log_step(step: Step, seconds: float) -> None:
+    tqdm.write(f"{step.name}: {seconds:.0f}s -> {step.report}")

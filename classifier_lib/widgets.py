@@ -1,0 +1,83 @@
+"""An ipywidgets image tester: pick a checkpoint, upload or choose an image, see the prediction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+from . import plots
+from .augment import normalize
+from .explain import grad_cam
+from .images import UnreadableImage
+from .inference import Prediction, Predictor
+from .runs import list_runs
+
+
+def find_checkpoints(runs_root: str | Path = "runs") -> list[Path]:
+    """Every run's best.pt / last.pt, newest run first."""
+    found = []
+    for run in reversed(list_runs(runs_root)):
+        found += [run / "checkpoints" / name for name in ("best.pt", "last.pt") if (run / "checkpoints" / name).exists()]
+    return found
+
+
+class ImageTester:
+    """The widget: `tester.widget` to display; `tester.show(bytes_or_path)` does what an upload does."""
+
+    def __init__(self, runs_root: str | Path = "runs", data_dir: str | Path | None = None):
+        self.predictor: Predictor | None = None
+        self.last_prediction: Prediction | None = None
+        checkpoints = [str(p) for p in find_checkpoints(runs_root)]
+        self.checkpoint = widgets.Dropdown(options=checkpoints, description="checkpoint", layout={"width": "600px"})
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload image")
+        examples = sorted(str(p) for p in Path(data_dir).rglob("*.jpg"))[:500] if data_dir else []
+        self.example = widgets.Dropdown(options=["(choose an image)"] + examples, description="or pick",
+                                        layout={"width": "600px"})
+        self.result = widgets.HTML()
+        self.output = widgets.Output()
+        self.checkpoint.observe(lambda change: self.load(change["new"]), names="value")
+        self.upload.observe(self._on_upload, names="value")
+        self.example.observe(self._on_example, names="value")
+        self.widget = widgets.VBox([self.checkpoint, widgets.HBox([self.upload, self.example]), self.result, self.output])
+        if checkpoints:
+            self.load(checkpoints[0])
+        else:
+            self.result.value = f"<b>No checkpoints under {runs_root}/</b>: train a model first."
+
+    def load(self, checkpoint: str | Path) -> None:
+        self.predictor = Predictor(checkpoint, device="cpu")
+        self.result.value = f"loaded {checkpoint}: classes {', '.join(self.predictor.class_names)}"
+
+    def show(self, source: bytes | str | Path) -> Prediction | None:
+        """Predict one image, render it with its probabilities and Grad-CAM, and return the prediction."""
+        if self.predictor is None:
+            self.result.value = "<b>Choose a checkpoint first.</b>"
+            return None
+        try:
+            image = self.predictor.preprocess(source)
+        except UnreadableImage as error:
+            self.result.value = f"<b style='color:#b00'>Cannot read this image:</b> {error}"
+            return None
+        prediction = self.predictor.predict(source)
+        loaded = self.predictor.loaded
+        inputs = normalize(image.unsqueeze(0), loaded.mean, loaded.std).to(self.predictor.device)
+        heatmap, _ = grad_cam(self.predictor.model, inputs, self.predictor.class_names.index(prediction.label))
+        self.last_prediction = prediction
+        self.result.value = f"<h3>{prediction.label} ({prediction.confidence:.1%})</h3>"
+        self.output.clear_output(wait=True)
+        with self.output:
+            figure = plots.heatmap_overlays([image], [heatmap], [prediction.label], columns=1)
+            display(figure, plots.probabilities(prediction.probabilities, "class probabilities"))
+            plt.close("all")
+        return prediction
+
+    def _on_upload(self, change) -> None:
+        files = change["new"]
+        if files:
+            self.show(bytes(files[0]["content"]))
+
+    def _on_example(self, change) -> None:
+        if change["new"] and not change["new"].startswith("("):
+            self.show(change["new"])

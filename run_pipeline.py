@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Run the notebook pipeline (01 data stats -> 05 submission) for one run and render HTML reports.
+
+    python run_pipeline.py --data-dir ../shared/datasets/animals
+    python run_pipeline.py --quick                          # small subset, 2 epochs: a smoke run
+    python run_pipeline.py -p epochs 60 -p image_size 128   # any notebook parameter
+    python run_pipeline.py --run runs/version_3 --from 03   # re-run part of an existing run
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from classifier_lib.config import default_data_dir
+from classifier_lib.pipeline import PipelineError, run_pipeline, select_steps
+
+
+def parse_value(text: str):
+    """`-p` values are YAML scalars: 3 -> int, 0.5 -> float, true -> bool, anything else a string."""
+    return yaml.safe_load(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=default_data_dir(), help="dataset folder (default: $CLASSIFIER_DATA_DIR, else data/)")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a notebook parameter, passed to every notebook that declares it")
+    parser.add_argument("-f", "--parameters-file", help="a YAML file of notebook parameters")
+    parser.add_argument("--quick", action="store_true", help="a 10%% stratified subset and 2 epochs, for a smoke run")
+    parser.add_argument("--run", help="an existing run folder to continue (with --from or --only)")
+    parser.add_argument("--from", dest="start_from", help="start at this notebook (e.g. 03)")
+    parser.add_argument("--only", help="comma-separated notebooks to run (e.g. 03,04)")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--reports-dir", default="reports")
+    args = parser.parse_args(argv)
+
+    parameters = {}
+    if args.parameters_file:
+        with open(args.parameters_file) as handle:
+            parameters |= yaml.safe_load(handle) or {}
+    parameters |= {name: parse_value(value) for name, value in args.parameter}
+    try:
+        if (args.start_from or args.only) and not args.run:
+            raise PipelineError("--from and --only re-run part of an existing run: also pass --run runs/version_N")
+        steps = select_steps(args.only.split(",") if args.only else None, args.start_from)
+        run_dir = run_pipeline(args.data_dir, parameters, args.run, steps, args.quick, args.runs_dir, args.reports_dir)
+    except PipelineError as error:
+        print(f"pipeline failed: {error}", file=sys.stderr)
+        return 1
+    print(f"run folder: {run_dir}")
+    print(f"reports:    {args.reports_dir}/{run_dir.name}/  (index: {args.reports_dir}/index.html)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

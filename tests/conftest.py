@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny generated image folders and a tiny trained checkpoint."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifier_lib.config import Config
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
+COLOURS = {"cat": (200, 60, 60), "dog": (60, 200, 60), "panda": (60, 60, 200)}
+
+
+def make_image(path: Path, colour, size=(40, 32), seed=0, mode="RGB") -> Path:
+    """A noisy image of one dominant colour, so a tiny model can learn the classes."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 40, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+def make_dataset(root: Path, per_class=(12, 6), test=6, classes=COLOURS, valid=True) -> Path:
+    """root/Train/<class>/*.png, root/Valid/<class>/*.png (optional) and a nested root/Test/."""
+    splits = [("Train", per_class[0])] + ([("Valid", per_class[1])] if valid else [])
+    seed = 0
+    for split, count in splits:
+        for name, colour in classes.items():
+            for i in range(count):
+                seed += 1
+                make_image(root / split / name / f"{name}_{i}.png", colour, (36 + i % 9, 32 + i % 5), seed)
+    for i in range(test):
+        seed += 1
+        folder = root / "Test" / ("nested" if i % 2 else "")
+        make_image(folder / f"img_{i}.png", list(classes.values())[i % len(classes)], seed=seed)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep each test's decoded-image cache out of the user's home."""
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+def tiny_config(data_dir: Path, **overrides) -> Config:
+    """A config that trains in a second or two on tiny data."""
+    values = {"data.data_dir": str(data_dir), "data.image_size": 32, "data.batch_size": 8, "data.workers": 1,
+              "model.widths": (8, 16), "model.blocks": (1, 1), "train.epochs": 2, "train.lr": 0.05,
+              "system.threads": 1}
+    return Config().override(values | overrides)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny training run shared by the tests that only read its outputs."""
+    from classifier_lib.engine import train
+
+    root = tmp_path_factory.mktemp("trained")
+    os.environ.setdefault("CLASSIFIER_CACHE_DIR", str(root / "cache"))
+    data_dir = make_dataset(root / "data")
+    result = train(tiny_config(data_dir, **{"train.epochs": 3}), runs_root=root / "runs")
+    return result, data_dir
+
+
+needs_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real data set not found at {REAL_DATA}")

@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from classifier_lib.config import Config, ModelConfig
+
+
+def test_json_round_trip(tmp_path):
+    config = Config().override({"train.epochs": 7, "model.widths": (16, 32), "model.blocks": (1, 2)})
+    config.save(tmp_path / "config.json")
+    loaded = Config.load(tmp_path / "config.json")
+    assert loaded == config
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["widths"] == [16, 32]
+
+
+def test_override_accepts_bare_names_and_strings():
+    config = Config().override({"epochs": "3", "lr": "0.5", "augment": "false", "widths": "8,16", "blocks": "1 1"})
+    assert config.train.epochs == 3 and config.train.lr == 0.5
+    assert config.data.augment is False
+    assert config.model == ModelConfig(widths=(8, 16), blocks=(1, 1))
+
+
+def test_int_given_for_float_field_becomes_float():
+    assert Config().override({"train.lr": 1}).train.lr == 1.0
+    assert isinstance(Config().override({"train.lr": 1}).train.lr, float)
+
+
+@pytest.mark.parametrize("key", ["train.nope", "nope", "bogus.epochs"])
+def test_unknown_keys_are_errors(key):
+    with pytest.raises(ValueError, match="unknown"):
+        Config().override({key: 1})
+
+
+def test_data_dir_defaults_to_environment(monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_DATA_DIR", "/somewhere/else")
+    assert Config().data.data_dir == "/somewhere/else"
+    monkeypatch.delenv("CLASSIFIER_DATA_DIR")
+    assert Config().data.data_dir == "data"
