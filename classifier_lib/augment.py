@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from .config import DataConfig
+
 
 def normalize(images: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
     """uint8 (or [0, 1] float) N x 3 x H x W batch to the normalised float32 the model expects."""
@@ -44,6 +46,11 @@ class BatchAugment:
         self.zoom, self.aspect, self.rotate, self.shift = zoom, aspect, math.radians(rotate_degrees), shift
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
         self.equalize_p = equalize_p
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> BatchAugment:
+        return cls(zoom=(1.0, data.zoom), rotate_degrees=data.rotate, brightness=data.jitter, contrast=data.jitter,
+                   saturation=data.jitter, equalize_p=data.equalize_p)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         n = images.shape[0]

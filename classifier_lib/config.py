@@ -34,6 +34,10 @@ class DataConfig:
     subset: float = 1.0  # stratified fraction of every split, for quick runs
     val_fraction: float = 0.2  # used only when the data has no validation folder
     augment: bool = True
+    zoom: float = 1.6  # random zoom in up to this factor (a random-resized-crop)
+    rotate: float = 15.0  # degrees, either way
+    jitter: float = 0.3  # brightness / contrast / saturation, each by up to this fraction
+    equalize_p: float = 0.1  # chance of histogram equalisation per image
     workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per core
 
 

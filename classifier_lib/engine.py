@@ -11,7 +11,6 @@ uninterrupted run would (on the CPU, where kernels are deterministic).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -176,7 +175,7 @@ class Trainer:
         self.steps_per_epoch = len(batches(data.train, config.data.batch_size, device, torch.Generator()))
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
-        self.augment = BatchAugment() if config.data.augment else None
+        self.augment = BatchAugment.from_config(config.data) if config.data.augment else None
         self.num_classes = len(data.class_names)
         self.epoch = 0
         self.history: list[dict[str, float]] = []

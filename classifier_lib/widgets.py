@@ -1,11 +1,12 @@
 """An ipywidgets image tester: pick a checkpoint, upload or choose an image, see the prediction."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
-from IPython.display import display
+from IPython.display import Image
 
 from . import plots
 from .augment import normalize
@@ -66,11 +67,12 @@ class ImageTester:
         heatmap, _ = grad_cam(self.predictor.model, inputs, self.predictor.class_names.index(prediction.label))
         self.last_prediction = prediction
         self.result.value = f"<h3>{prediction.label} ({prediction.confidence:.1%})</h3>"
-        self.output.clear_output(wait=True)
-        with self.output:
-            figure = plots.heatmap_overlays([image], [heatmap], [prediction.label], columns=1)
-            display(figure, plots.probabilities(prediction.probabilities, "class probabilities"))
-            plt.close("all")
+        figures = [plots.heatmap_overlays([image], [heatmap], [prediction.label], columns=1),
+                   plots.probabilities(prediction.probabilities, "class probabilities")]
+        self.output.outputs = ()
+        for figure in figures:  # as PNG data, so the widget shows them with or without a live kernel
+            self.output.append_display_data(Image(data=_png(figure)))
+            plt.close(figure)
         return prediction
 
     def _on_upload(self, change) -> None:
@@ -81,3 +83,9 @@ class ImageTester:
     def _on_example(self, change) -> None:
         if change["new"] and not change["new"].startswith("("):
             self.show(change["new"])
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return buffer.getvalue()
