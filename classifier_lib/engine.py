@@ -119,8 +119,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_e
     train = config.train
     total = max(1, train.epochs * steps_per_epoch)
     if train.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=train.lr, total_steps=total, pct_start=0.25, div_factor=20, final_div_factor=200
+        return torch.optim.lr_scheduler.OneCycleLR(  # it needs at least one step in each phase
+            optimizer, max_lr=train.lr, total_steps=max(total, 8), pct_start=0.25, div_factor=20, final_div_factor=200
         )
     if train.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
@@ -168,6 +168,7 @@ class Trainer:
     def __init__(self, config: Config, data: DataBundle, run_dir: Path, device: torch.device):
         self.config, self.data, self.run_dir, self.device = config, data, run_dir, device
         self.dtype = autocast_dtype(config.train.precision, device)
+        torch.manual_seed(config.system.seed)  # the same initial weights whatever loading the data consumed
         self.model = ResNet(len(data.class_names), config.model).to(device)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
