@@ -1,0 +1,26 @@
+"""A short training run on the real data set: the whole command, end to end."""
+import json
+
+import pytest
+
+from classifier_lib import cli
+
+from conftest import REAL_DATA, needs_real_data
+
+
+@needs_real_data
+@pytest.mark.slow
+def test_train_two_epochs_on_a_subset_of_the_real_data(tmp_path, capsys):
+    code = cli.main(["train", "--data-dir", str(REAL_DATA), "--runs-dir", str(tmp_path), "--epochs", "2",
+                     "--subset", "0.1"])
+    assert code == 0
+    run = tmp_path / "version_0"
+    assert f"run folder: {run}" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["class_names"] == ["cat", "dog", "panda"]
+    assert (metrics["train_images"], metrics["valid_images"]) == (195, 45)
+    assert len(metrics["history"]) == 2 and 0.0 <= metrics["best_valid_acc"] <= 1.0
+    assert metrics["history"][-1]["train_loss"] < 1.5  # finite and not diverging
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["data_dir"] == str(REAL_DATA) and config["train"]["epochs"] == 2
+    assert {"best.pt", "last.pt"} <= {p.name for p in (run / "checkpoints").iterdir()}
