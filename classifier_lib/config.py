@@ -38,6 +38,7 @@ class DataConfig:
     rotate: float = 15.0  # degrees, either way
     jitter: float = 0.3  # brightness / contrast / saturation, each by up to this fraction
     equalize_p: float = 0.1  # chance of histogram equalisation per image
+    flip_tta: bool = True  # evaluate and predict on each image and its mirror image, averaged
     workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per core
 
 

@@ -147,9 +147,13 @@ def batches(dataset: CachedImages, batch_size: int, device: torch.device, genera
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256,
-    device: torch.device | None = None, dtype: torch.dtype | None = None, progress: bool = False,
+    device: torch.device | None = None, dtype: torch.dtype | None = None, flip: bool = False,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Logits (float32, on the CPU) for a uint8 N x 3 x S x S tensor, in eval mode."""
+    """Logits (float32, on the CPU) for a uint8 N x 3 x S x S tensor, in eval mode.
+
+    With `flip`, the logits of each image and its mirror image are averaged (test-time augmentation).
+    """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -157,7 +161,10 @@ def predict_logits(
     for start in tqdm(range(0, len(images), batch_size), desc="predicting", leave=False, disable=not progress):
         batch = normalize(images[start : start + batch_size].to(device), mean, std, channels_last=True)
         with autocast(device, dtype):
-            outputs.append(model(batch).float().cpu())
+            logits = model(batch).float()
+            if flip:
+                logits = (logits + model(batch.flip(dims=[3])).float()) / 2
+        outputs.append(logits.cpu())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 
@@ -217,7 +224,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         logits = predict_logits(self.model, self.data.valid.images, self.data.mean, self.data.std,
-                                device=self.device, dtype=self.dtype)
+                                device=self.device, dtype=self.dtype, flip=self.config.data.flip_tta)
         labels = self.data.valid.labels
         accuracy = MulticlassAccuracy(self.num_classes, average="micro")(logits, labels)
         return {"valid_loss": F.cross_entropy(logits, labels).item(), "valid_acc": accuracy.item()}

@@ -55,7 +55,8 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for a uint8 N x 3 x S x S batch."""
-        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, batch_size, self.device, self.dtype)
+        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, batch_size, self.device,
+                                self.dtype, flip=self.loaded.config.data.flip_tta)
         return logits.softmax(dim=1)
 
     def predict(self, source: str | Path | bytes) -> Prediction:
