@@ -66,7 +66,6 @@ class BatchAugment:
         return self._colour(images, uniform).clamp_(0.0, 1.0)
 
     def _affine(self, images, uniform):
-        n = images.shape[0]
         zoom = torch.exp(uniform(math.log(self.zoom[0]), math.log(self.zoom[1])))
         stretch = torch.exp(uniform(-self.aspect, self.aspect))
         angle = uniform(-self.rotate, self.rotate)

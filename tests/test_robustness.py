@@ -1,6 +1,5 @@
 """Bad input, interrupted work and untrusted files end in a clear message or a counted skip."""
 import os
-import pickle
 import signal
 import subprocess
 import sys
