@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit}
         return commands[args.command](args)
+    except KeyboardInterrupt:  # outside training's own handler, e.g. while decoding images
+        print("interrupted", file=sys.stderr)
+        return 130
     except (DataLayoutError, CheckpointError, UnreadableImage, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

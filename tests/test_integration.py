@@ -1,5 +1,6 @@
 """A short training run on the real data set: the whole command, end to end."""
 import json
+import math
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_train_two_epochs_on_a_subset_of_the_real_data(tmp_path, capsys):
     assert metrics["class_names"] == ["cat", "dog", "panda"]
     assert (metrics["train_images"], metrics["valid_images"]) == (195, 45)
     assert len(metrics["history"]) == 2 and 0.0 <= metrics["best_valid_acc"] <= 1.0
-    assert metrics["history"][-1]["train_loss"] < 1.5  # finite and not diverging
+    assert all(math.isfinite(value) for row in metrics["history"] for value in row.values())
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["data_dir"] == str(REAL_DATA) and config["train"]["epochs"] == 2
     assert {"best.pt", "last.pt"} <= {p.name for p in (run / "checkpoints").iterdir()}
