@@ -185,6 +185,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
         self.augment = BatchAugment.from_config(config.data) if config.data.augment else None
         self.num_classes = len(data.class_names)
+        self.flops_per_image = flops_per_image(self.model, config.data.image_size)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best_valid_acc, self.best_epoch = -1.0, 0
@@ -287,6 +288,8 @@ def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | 
         trainer.load_state(resume_state, config.train.resume)
         _log(f"resumed from {config.train.resume} after epoch {trainer.epoch}")
     _log(f"run folder: {run_dir}")
+    _log(f"model: {count_parameters(trainer.model) / 1e6:.2f} M parameters, "
+         f"{trainer.flops_per_image / 1e9:.3f} GFLOPs per {config.data.image_size}x{config.data.image_size} image")
     _log(f"{len(data.train)} training / {len(data.valid)} validation images, classes {data.class_names}, "
          f"{len(data.skipped)} files skipped; device {device}, precision {config.train.precision}")
     writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -366,7 +369,7 @@ def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
         "skipped": trainer.data.skipped,
         "device": str(trainer.device),
         "parameters": count_parameters(trainer.model),
-        "flops_per_image": flops_per_image(trainer.model, trainer.config.data.image_size),
+        "flops_per_image": trainer.flops_per_image,
         "interrupted": bool(result and result.interrupted),
     }
     path = trainer.run_dir / "metrics.json"

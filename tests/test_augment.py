@@ -1,0 +1,44 @@
+import torch
+
+from classifier_lib.augment import BatchAugment, normalize
+from classifier_lib.engine import predict_logits
+from classifier_lib.model import ResNet
+
+
+def test_batch_augment_is_seeded_per_sample_and_in_range():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    augment = BatchAugment()
+    first = augment(images, torch.Generator().manual_seed(0))
+    again = augment(images, torch.Generator().manual_seed(0))
+    other = augment(images, torch.Generator().manual_seed(1))
+    assert first.shape == (16, 3, 32, 32) and first.dtype == torch.float32
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # every sample gets its own transform: two copies of one image come out different
+    twins = augment(images[:1].repeat(2, 1, 1, 1), torch.Generator().manual_seed(0))
+    assert not torch.equal(twins[0], twins[1])
+
+
+def test_identity_settings_change_nothing():
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    augment = BatchAugment(zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0,
+                           contrast=0.0, saturation=0.0, equalize_p=0.0)
+    out = augment(images, torch.Generator().manual_seed(0))
+    flipped = images.float().flip(dims=[3]) / 255
+    for original, result, mirrored in zip(images.float() / 255, out, flipped):
+        assert torch.allclose(result, original, atol=1e-5) or torch.allclose(result, mirrored, atol=1e-5)
+
+
+def test_normalize_uses_mean_and_std():
+    images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    out = normalize(images, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert out[0, :, 0, 0].tolist() == [2.0, 1.0, 0.5]
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    model = ResNet(3).eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    plain = predict_logits(model, images, (0.5,) * 3, (0.25,) * 3)
+    mirrored = predict_logits(model, images.flip(dims=[3]), (0.5,) * 3, (0.25,) * 3)
+    both = predict_logits(model, images, (0.5,) * 3, (0.25,) * 3, flip=True)
+    assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-5)
