@@ -15,8 +15,13 @@ def test_default_widths_and_residual_structure():
     model = ResNet(3)
     assert [stage[0].body[0].out_channels for stage in model.stages] == [32, 64, 128, 256]
     assert all(hasattr(block, "shortcut") for stage in model.stages for block in stage)
-    assert sum(isinstance(m, torch.nn.Dropout2d) for m in model.modules()) > 0
-    assert isinstance(model.head[2], torch.nn.Dropout)
+
+
+def test_dropout_after_the_two_deepest_stages_and_in_the_head():
+    model = ResNet(3, ModelConfig(block_dropout=0.1, head_dropout=0.2))
+    with_dropout = [isinstance(stage[-1].dropout, torch.nn.Dropout2d) for stage in model.stages]
+    assert with_dropout == [False, False, True, True]
+    assert isinstance(model.head[2], torch.nn.Dropout) and model.head[2].p == 0.2
 
 
 def test_parameter_and_flop_counts():
