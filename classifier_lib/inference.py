@@ -33,9 +33,13 @@ class FolderPredictions:
 
 
 class Predictor:
-    """Loads a checkpoint once and predicts with the exact preprocessing used in training."""
+    """Loads a checkpoint once and predicts with the exact preprocessing used in training.
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "fp32"):
+    `precision="auto"` uses the autocast of training's validation (bf16 on the CPU, fp16 on CUDA);
+    "fp32" gives full precision at about half the batched speed on the CPU.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "auto"):
         self.device = resolve_device(device)
         self.loaded: LoadedModel = load_model(checkpoint, self.device)
         self.dtype = autocast_dtype(precision, self.device)
