@@ -152,3 +152,20 @@ def test_run_pipeline_script_exits_non_zero_on_bad_parameter(tmp_path):
                                 "-p", "epochz", "3", "--runs-dir", str(tmp_path / "runs")],
                                capture_output=True, text=True, cwd=tmp_path)
     assert completed.returncode == 1 and "unknown parameter(s) ['epochz']" in completed.stderr
+
+
+def test_parameters_file_is_read_and_checked(tmp_path, capsys):
+    import run_pipeline
+
+    params = tmp_path / "params.yaml"
+    params.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    code = run_pipeline.main(["--data-dir", str(tmp_path), "-f", str(params), "--runs-dir", str(tmp_path / "runs")])
+    assert code == 1 and "unknown parameter(s) ['learning_rate']" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before any run folder was made
+
+
+def test_partial_rerun_needs_an_existing_run(tmp_path, capsys):
+    import run_pipeline
+
+    assert run_pipeline.main(["--data-dir", str(tmp_path), "--from", "03"]) == 1
+    assert "also pass --run" in capsys.readouterr().err
