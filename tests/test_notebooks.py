@@ -169,3 +169,14 @@ def test_partial_rerun_needs_an_existing_run(tmp_path, capsys):
 
     assert run_pipeline.main(["--data-dir", str(tmp_path), "--from", "03"]) == 1
     assert "also pass --run" in capsys.readouterr().err
+
+
+def test_image_tester_notebook_executes(trained_run, tmp_path):
+    result, data_dir = trained_run
+    source = [p for p in NOTEBOOKS if p.stem == "06_image_tester"][0]
+    executed = tmp_path / "06.ipynb"
+    papermill.execute_notebook(str(source), str(executed), kernel_name="python3", progress_bar=False,
+                               parameters={"data_dir": str(data_dir), "runs_dir": str(result.run_dir.parent)},
+                               cwd=str(source.parent))
+    outputs = [o for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
