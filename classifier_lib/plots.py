@@ -37,7 +37,7 @@ def history(rows: Sequence[dict]) -> plt.Figure:
     return fig
 
 
-def class_counts(counts: dict[str, dict[str, int]]) -> plt.Figure:
+def class_counts(counts: dict[str, dict[str, int]], title: str = "images per class and split") -> plt.Figure:
     """Grouped bars: images per class for each split (`{split: {class: n}}`)."""
     classes = sorted({c for split in counts.values() for c in split})
     fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(classes)), 3.5))
@@ -47,7 +47,7 @@ def class_counts(counts: dict[str, dict[str, int]]) -> plt.Figure:
         bars = ax.bar(x, [per_class.get(c, 0) for c in classes], width, label=split)
         ax.bar_label(bars)
     ax.set_xticks(np.arange(len(classes)) + width * (len(counts) - 1) / 2, classes)
-    ax.set(ylabel="images", title="images per class and split")
+    ax.set(ylabel="images", title=title)
     ax.legend()
     fig.tight_layout()
     return fig
