@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a config.json to start from (e.g. from an earlier run folder)")
     train.add_argument("--resume", help="continue training from this checkpoint (its run folder and config)")
     for flag, (key, kind) in SEED_FLAGS.items():
-        train.add_argument(flag, type=kind, dest=key, default=None, help=f"sets {key}")
+        train.add_argument(flag, type=kind, dest=key, default=None, metavar=kind.__name__.upper(), help=f"sets {key}")
     train.add_argument("--run-just-a-subset", action="store_const", const=0.05, dest="data.subset",
                        help="train on a stratified 5%% subset (the seed's flag)")
     train.add_argument("--half-precision", action="store_const", const="auto", dest="train.precision",
