@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from torch.utils.tensorboard import SummaryWriter
 from torchmetrics import MeanMetric
@@ -186,6 +187,8 @@ class Trainer:
         self.augment = BatchAugment.from_config(config.data) if config.data.augment else None
         self.num_classes = len(data.class_names)
         self.flops_per_image = flops_per_image(self.model, config.data.image_size)
+        decay = config.train.ema_decay
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best_valid_acc, self.best_epoch = -1.0, 0
@@ -217,6 +220,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             loss_metric.update(loss.detach(), weight=len(labels))
             acc_metric.update(logits.detach(), labels)
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -224,11 +229,16 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        logits = predict_logits(self.model, self.data.valid.images, self.data.mean, self.data.std,
+        logits = predict_logits(self.evaluated_model, self.data.valid.images, self.data.mean, self.data.std,
                                 device=self.device, dtype=self.dtype, flip=self.config.data.flip_tta)
         labels = self.data.valid.labels
         accuracy = MulticlassAccuracy(self.num_classes, average="micro")(logits, labels)
         return {"valid_loss": F.cross_entropy(logits, labels).item(), "valid_acc": accuracy.item()}
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The weights that are validated and saved for inference: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def epoch_seed(self) -> int:
         return self.config.system.seed * 100_003 + self.epoch
@@ -237,7 +247,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds: for inference and for resuming."""
         return {
-            "model": self.model.state_dict(),
+            "model": self.evaluated_model.state_dict(),
+            **({"training_model": self.model.state_dict(), "ema": self.ema.state_dict()} if self.ema is not None else {}),
             "class_names": self.data.class_names,
             "mean": list(self.data.mean),
             "std": list(self.data.std),
@@ -258,7 +269,9 @@ class Trainer:
                 f"{source} was trained on classes {state['class_names']}, the data has {self.data.class_names}"
             )
         try:
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(state.get("training_model", state["model"]))
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
         except RuntimeError as error:
             raise CheckpointError(f"{source}: its weights do not fit this model config: {str(error).splitlines()[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])

@@ -37,8 +37,10 @@ def test_checkpoint_every_n_epochs(tiny_data, tmp_path):
     assert {"epoch_002.pt", "epoch_004.pt", "best.pt", "last.pt"} <= names
 
 
-def test_resume_continues_exactly_as_the_uninterrupted_run(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, **{"train.epochs": 4, "train.checkpoint_every": 2, "data.augment": True})
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_exactly_as_the_uninterrupted_run(tiny_data, tmp_path, ema_decay):
+    config = tiny_config(tiny_data, **{"train.epochs": 4, "train.checkpoint_every": 2, "data.augment": True,
+                                       "train.ema_decay": ema_decay})
     full = train(config, run_dir=tmp_path / "full")
     # an interrupted copy of the same run: its newest checkpoint is the one after epoch 2
     interrupted = tmp_path / "interrupted"
@@ -106,3 +108,11 @@ def test_best_checkpoint_is_self_describing(trained_run):
     assert state["library_version"]
     loaded = load_model(result.best_checkpoint)
     assert not loaded.model.training
+
+
+def test_ema_weights_are_the_ones_validated_and_saved(tiny_data, tmp_path):
+    result = train(tiny_config(tiny_data, **{"train.ema_decay": 0.9}), runs_root=tmp_path)
+    state = read_checkpoint(result.last_checkpoint)
+    assert set(state["model"]) == set(state["training_model"])
+    assert any(not torch.equal(state["model"][k], state["training_model"][k]) for k in state["model"])
+    assert load_model(result.last_checkpoint).model.state_dict().keys() == state["model"].keys()
