@@ -61,7 +61,7 @@ class TrainConfig:
     scheduler: str = "onecycle"  # onecycle | cosine | lambda | none
     lambda_decay: float = 0.95  # per-epoch factor of the "lambda" scheduler (the seed's)
     label_smoothing: float = 0.0
-    ema_decay: float = 0.0  # exponential moving average of the weights per step; 0 = off
+    ema_decay: float = 0.99  # exponential moving average of the weights per step; 0 = off
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on cpu, fp16 on cuda
     channels_last: bool = True
     checkpoint_every: int = 0  # also keep epoch_NNN.pt every N epochs; 0 = only best/last

@@ -132,6 +132,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_e
     raise ValueError(f"scheduler must be onecycle, cosine, lambda or none; got {train.scheduler!r}")
 
 
+def ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up as (1 + n) / (10 + n) to `decay`, so that in a short run the
+    average is not dominated by the random initial weights."""
+
+    @torch.no_grad()
+    def update(ema_params, params, num_averaged):
+        n = int(num_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(ema_params, params, num_averaged)
+
+    return update
+
+
 def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
     """A DataLoader yielding whole batches straight from the in-memory tensors.
 
@@ -188,7 +200,7 @@ class Trainer:
         self.num_classes = len(data.class_names)
         self.flops_per_image = flops_per_image(self.model, config.data.image_size)
         decay = config.train.ema_decay
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(decay), use_buffers=True) if decay else None
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best_valid_acc, self.best_epoch = -1.0, 0
