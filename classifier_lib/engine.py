@@ -282,7 +282,7 @@ class Trainer:
             )
         try:
             self.model.load_state_dict(state.get("training_model", state["model"]))
-            if self.ema is not None:
+            if self.ema is not None and "ema" in state:  # else the average restarts from these weights
                 self.ema.load_state_dict(state["ema"])
         except RuntimeError as error:
             raise CheckpointError(f"{source}: its weights do not fit this model config: {str(error).splitlines()[0]}") from None
