@@ -260,7 +260,9 @@ class Trainer:
         """Everything a checkpoint holds: for inference and for resuming."""
         return {
             "model": self.evaluated_model.state_dict(),
-            **({"training_model": self.model.state_dict(), "ema": self.ema.state_dict()} if self.ema is not None else {}),
+            # with an EMA, "model" holds the averaged weights; keep the raw ones and the count to resume
+            **({"training_model": self.model.state_dict(), "ema_updates": int(self.ema.n_averaged)}
+               if self.ema is not None else {}),
             "class_names": self.data.class_names,
             "mean": list(self.data.mean),
             "std": list(self.data.std),
@@ -282,8 +284,9 @@ class Trainer:
             )
         try:
             self.model.load_state_dict(state.get("training_model", state["model"]))
-            if self.ema is not None and "ema" in state:  # else the average restarts from these weights
-                self.ema.load_state_dict(state["ema"])
+            if self.ema is not None and "ema_updates" in state:  # else the average restarts from these weights
+                self.ema.module.load_state_dict(state["model"])
+                self.ema.n_averaged.fill_(state["ema_updates"])
         except RuntimeError as error:
             raise CheckpointError(f"{source}: its weights do not fit this model config: {str(error).splitlines()[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
