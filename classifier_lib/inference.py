@@ -64,7 +64,11 @@ class Predictor:
         return logits.softmax(dim=1)
 
     def predict(self, source: str | Path | bytes) -> Prediction:
-        probs = self.probabilities(self.preprocess(source).unsqueeze(0))[0]
+        return self.predict_image(self.preprocess(source))
+
+    def predict_image(self, image: torch.Tensor) -> Prediction:
+        """Predict one already preprocessed uint8 3 x S x S image."""
+        probs = self.probabilities(image.unsqueeze(0))[0]
         index = int(probs.argmax())
         return Prediction(
             self.class_names[index], float(probs[index]), dict(zip(self.class_names, probs.tolist()))

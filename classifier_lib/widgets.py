@@ -61,7 +61,7 @@ class ImageTester:
         except UnreadableImage as error:
             self.result.value = f"<b style='color:#b00'>Cannot read this image:</b> {error}"
             return None
-        prediction = self.predictor.predict(source)
+        prediction = self.predictor.predict_image(image)
         loaded = self.predictor.loaded
         inputs = normalize(image.unsqueeze(0), loaded.mean, loaded.std).to(self.predictor.device)
         heatmap, _ = grad_cam(self.predictor.model, inputs, self.predictor.class_names.index(prediction.label))
