@@ -1,51 +1,125 @@
-"""Time to accuracy of the default recipe on the real data, and its peak memory.
+"""Time to accuracy and final (last-epoch) accuracy of a recipe over several seeds, on the real data.
 
-    python bench/time_to_accuracy.py [--data-dir ../shared/datasets/animals] [--target 0.85] [-s KEY VALUE ...]
+    python bench/time_to_accuracy.py [--seeds 0 1 2] [--preset fast] [-s KEY VALUE ...] [--eval-sizes 64 80 96]
 
-Trains with the default config (plus any `-s key value` overrides) in a new run folder and prints the
-wall time at which validation accuracy first reached the target, the final and best validation
-accuracy, the total wall time (decoding included) and the peak resident memory.
+For every seed: trains the recipe (the default config, a preset, plus any `-s key value` overrides)
+in a new run folder and prints the last-epoch validation accuracy (no epoch is picked on Valid),
+the wall time at which validation accuracy first reached 85 / 90 / 95 %, the wall time and the peak
+resident memory; then mean ± std over the seeds. The machine's bf16 matmul peak is measured in the
+same run: machines here differ up to 2x in speed, so a time only means something beside it.
+
+`--eval-sizes` also scores each run's last.pt at other test resolutions, as saved and with its
+BatchNorm statistics recomputed at each (FixRes), without retraining (set data.eval_size to the
+largest, so that images are decoded at least that large).
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from classifier_lib.checkpoint import load_model  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data import load_data  # noqa: E402
+from classifier_lib.device import autocast_dtype  # noqa: E402
 from classifier_lib.engine import train  # noqa: E402
+from classifier_lib.predict import predict_logits, recalibrate_bn  # noqa: E402
+from classifier_lib.presets import preset_config  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
+TARGETS = (0.85, 0.90, 0.95)
+
+
+def matmul_peak(dtype: torch.dtype = torch.bfloat16, n: int = 2048, repeats: int = 10) -> float:
+    """Measured dense matmul FLOP/s of this machine in `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def accuracy_at_sizes(checkpoint: Path, data, sizes: list[int]) -> dict[int, float]:
+    """last.pt's validation accuracy at each test size, BatchNorm recomputed at that size."""
+    loaded = load_model(checkpoint)
+    dtype = autocast_dtype(loaded.config.train.precision, torch.device("cpu"))
+    scores = {}
+    for size in sizes:
+        model = copy.deepcopy(loaded.model)
+        recalibrate_bn(model, data.train.images, loaded.mean, loaded.std, size, dtype=dtype)
+        logits = predict_logits(model, data.valid.images, loaded.mean, loaded.std, size, dtype=dtype,
+                                flip=loaded.config.data.flip_tta)
+        scores[size] = (logits.argmax(1) == data.valid.labels).float().mean().item()
+    return scores
+
+
+def mean_std(values: list[float], unit: str = "%") -> str:
+    """`mean ± sample std` of the values, as percentages or as seconds."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    if unit == "%":
+        return f"{statistics.mean(values):.2%} ± {spread:.2%}"
+    return f"{statistics.mean(values):.0f} ± {spread:.0f} {unit}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("CLASSIFIER_DATA_DIR", DEFAULT_DATA))
-    parser.add_argument("--target", type=float, nargs="+", default=[0.85, 0.88, 0.90, 0.95])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--preset", default="default")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    parser.add_argument("--eval-sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--json", help="also write the per-seed figures to this file")
     args = parser.parse_args()
-    config = Config().override({"data.data_dir": str(args.data_dir)} | dict(args.set))
-
-    start = time.perf_counter()
-    data = load_data(config.data, config.system.seed)
-    decode_s = time.perf_counter() - start
-    result = train(config, data=data, runs_root=args.runs_dir)
-    total_s = time.perf_counter() - start
-
-    print(f"\nrun {result.run_dir}: {len(result.history)} epochs, data loading {decode_s:.0f} s")
-    for target in args.target:
-        reached = next((row for row in result.history if row["valid_acc"] >= target), None)
-        when = f"{decode_s + reached['elapsed_s']:.0f} s (epoch {reached['epoch']})" if reached else "not reached"
-        print(f"validation accuracy >= {target:.0%}: {when}")
-    print(f"final validation accuracy {result.history[-1]['valid_acc']:.4f}, best {result.best_valid_acc:.4f} "
-          f"(epoch {result.best_epoch}); wall time {total_s:.0f} s")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    peak = matmul_peak()
+    print(f"bf16 matmul peak of this machine: {peak / 1e9:.0f} GFLOP/s")
+    rows = []
+    for seed in args.seeds:
+        config = preset_config(args.preset).override(
+            {"data.data_dir": str(args.data_dir), "system.seed": seed} | dict(args.set))
+        start = time.perf_counter()
+        data = load_data(config.data, seed)
+        decode_s = time.perf_counter() - start
+        result = train(config, data=data, runs_root=args.runs_dir)
+        wall_s = time.perf_counter() - start
+        row = {"seed": seed, "run": str(result.run_dir), "final_valid_acc": result.final_valid_acc,
+               "best_valid_acc": result.best_valid_acc, "train_s": result.history[-1]["elapsed_s"], "wall_s": wall_s,
+               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        for target in TARGETS:
+            reached = next((r for r in result.history if r["valid_acc"] >= target), None)
+            row[f"time_to_{target:.0%}"] = decode_s + reached["elapsed_s"] if reached else None
+        if args.eval_sizes:
+            row["at_size"] = accuracy_at_sizes(result.last_checkpoint, data, args.eval_sizes)
+        rows.append(row)
+        reached = "  ".join(f"{t:.0%}: " + (f"{row[f'time_to_{t:.0%}']:.0f} s" if row[f"time_to_{t:.0%}"] else "-")
+                            for t in TARGETS)
+        sizes = "  ".join(f"@{s}px {a:.2%}" for s, a in row.get("at_size", {}).items())
+        print(f"seed {seed}: final {row['final_valid_acc']:.2%} (best {row['best_valid_acc']:.2%})  {reached}  "
+              f"train {row['train_s']:.0f} s  wall {wall_s:.0f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  {sizes}",
+              flush=True)
+    print(f"\n{len(rows)} seeds, bf16 matmul peak {peak / 1e9:.0f} GFLOP/s, overrides {dict(args.set)}")
+    print(f"final valid accuracy   {mean_std([r['final_valid_acc'] for r in rows])}")
+    print(f"training time          {mean_std([r['train_s'] for r in rows], 's')}")
+    for key in rows[0].get("at_size", {}):
+        print(f"last.pt @ {key:7s} {mean_std([r['at_size'][key] for r in rows])}")
+    for target in TARGETS:
+        times = [r[f"time_to_{target:.0%}"] for r in rows]
+        done = [t for t in times if t is not None]
+        print(f"time to {target:.0%}: reached by {len(done)}/{len(rows)} seeds"
+              + (f", mean {statistics.mean(done):.0f} s" if done else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.augment import BatchAugment, normalize  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data import find_splits, load_split  # noqa: E402
-from classifier_lib.engine import autocast, make_optimizer  # noqa: E402
+from classifier_lib.device import autocast, usable_cpus  # noqa: E402
+from classifier_lib.optim import make_optimizer  # noqa: E402
 from classifier_lib.model import ResNet, flops_per_image  # noqa: E402
 
 SEED_SIZE, OUR_SIZE, BATCH = 238, Config().data.image_size, 64
@@ -51,7 +52,7 @@ def seed_style_loader(train_dir: Path, size: int) -> DataLoader:
         transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.25] * 3),
     ])
     dataset = datasets.ImageFolder(str(train_dir), transform=tf)
-    return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=os.cpu_count(), drop_last=True,
+    return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=usable_cpus(), drop_last=True,
                       persistent_workers=True)
 
 
@@ -86,7 +87,7 @@ def seed_style(train_dir: Path, size: int, steps: int) -> float:
 
 def ours(train_dir: Path, class_names, size: int, steps: int) -> tuple[float, int]:
     config = Config()
-    data = load_split(train_dir, class_names, size)
+    data = load_split(train_dir, class_names, size).data
     model = ResNet(len(class_names), config.model).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
     augment, generator, device = BatchAugment.from_config(config.data), torch.Generator().manual_seed(0), torch.device("cpu")
@@ -113,7 +114,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     args = parser.parse_args()
     splits = find_splits(args.data_dir)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, batch {BATCH}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {usable_cpus()} cores, batch {BATCH}")
     peak_bf16, peak_fp32 = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
     print(f"matmul peak: bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f} GFLOP/s")
 

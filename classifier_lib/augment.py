@@ -25,6 +25,21 @@ def normalize(images: torch.Tensor, mean, std, channels_last: bool = False) -> t
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
+def resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """A float [0, 1] (or uint8) square batch resized to `size` x `size` (bilinear, antialiased when
+    shrinking); unchanged when it already has that size or `size` is None."""
+    if size is None or images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+
+
+def model_input(images: torch.Tensor, size: int | None, mean, std, channels_last: bool = False) -> torch.Tensor:
+    """Decoded uint8 images to what the model sees at test time: resized to `size`, then normalised."""
+    return normalize(resize(images, size), mean, std, channels_last)
+
+
 class BatchAugment:
     """Per-sample random affine (zoom, aspect, rotation, shift, horizontal flip), colour jitter
     and histogram equalisation, applied to a whole uint8 batch; returns floats in [0, 1].
@@ -52,7 +67,9 @@ class BatchAugment:
         return cls(zoom=(1.0, data.zoom), rotate_degrees=data.rotate, brightness=data.jitter, contrast=data.jitter,
                    saturation=data.jitter, equalize_p=data.equalize_p)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 size: int | None = None) -> torch.Tensor:
+        """Augment a uint8 batch, resized to `size` (progressive resizing) before the random affine."""
         n = images.shape[0]
 
         def uniform(low, high, size=(n,)):
@@ -61,7 +78,7 @@ class BatchAugment:
         if self.equalize_p > 0:
             chosen = (uniform(0, 1) < self.equalize_p).view(-1, 1, 1, 1)
             images = torch.where(chosen, TF.equalize(images), images)
-        images = images.float().div_(255.0)
+        images = resize(images.float().div_(255.0), size)
         images = self._affine(images, uniform)
         return self._colour(images, uniform).clamp_(0.0, 1.0)
 

@@ -33,7 +33,8 @@ class LoadedModel:
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    image_size: int
+    image_size: int  # images are decoded to this size (the single preprocessing path)...
+    eval_size: int  # ...then resized to this one, the model's test-time input
     config: Config
     checkpoint: dict[str, Any]
 
@@ -57,6 +58,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint's dict safely (weights_only=True), turning every failure into CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give a checkpoint file in it, e.g. {path / 'last.pt'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -83,9 +86,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: {_first_line(error)}") from None
     model.to(device).eval()
+    image_size = int(state["image_size"])
     return LoadedModel(
-        model, list(state["class_names"]), tuple(state["mean"]), tuple(state["std"]), int(state["image_size"]),
-        config, state,
+        model, list(state["class_names"]), tuple(state["mean"]), tuple(state["std"]), image_size,
+        int(state.get("eval_size", image_size)), config, state,
     )
 
 

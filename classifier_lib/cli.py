@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier_lib {train,evaluate,predict,submit} ...`."""
+"""Command line: `python -m classifier_lib {train,evaluate,predict,submit,clear-cache} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +6,13 @@ import json
 import sys
 
 from .checkpoint import CheckpointError, read_checkpoint
-from .config import Config
+from .config import Config, ConfigError
 from .data import DataLayoutError
 from .images import UnreadableImage
+from .presets import PRESETS, preset_config
+
+# Errors about the user's input: one clean line. Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (DataLayoutError, CheckpointError, UnreadableImage, ConfigError, FileNotFoundError, FloatingPointError)
 
 # The seed project's flags, mapped onto config keys.
 SEED_FLAGS = {
@@ -35,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="dataset folder (default: $CLASSIFIER_DATA_DIR, else data/)")
     train.add_argument("--runs-dir", default="runs", help="where run folders version_N are created")
     train.add_argument("--config", help="a config.json to start from (e.g. from an earlier run folder)")
+    train.add_argument("--preset", choices=list(PRESETS), help="a recipe for a time budget (see the README)")
+    train.add_argument("--train-on-all", action="store_const", const=True, dest="data.train_on_all",
+                       help="train on Train + Valid: the final model; its Valid figures are then no score")
     train.add_argument("--resume", help="continue training from this checkpoint (its run folder and config)")
     for flag, (key, kind) in SEED_FLAGS.items():
         train.add_argument(flag, type=kind, dest=key, default=None, metavar=kind.__name__.upper(), help=f"sets {key}")
@@ -53,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="accuracy and per-class report of a checkpoint on the validation split")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--data-dir", default=None, help="default: the data folder the checkpoint was trained on")
+    evaluate.add_argument("--split", choices=["valid", "train"], default="valid",
+                          help="valid: the Valid folder, or without one the part of Train that training held out")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
     predict = commands.add_parser("predict", help="predict the class of image files")
@@ -66,12 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-o", "--output", default="submission.csv")
     for sub in (evaluate, predict, submit):
         sub.add_argument("--device", default="auto")
+    clear = commands.add_parser("clear-cache", help="delete the decoded-image cache (~/.cache/classifier_lib)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults < --config file < resume checkpoint's config < explicit flags."""
-    config = Config.load(args.config) if args.config else Config()
+    """Defaults < --preset < --config file < resume checkpoint's config < explicit flags."""
+    config = Config.load(args.config) if args.config else preset_config(args.preset or "default")
     if args.resume:
         config = Config.from_dict(read_checkpoint(args.resume)["config"])
     overrides = {key: value for key, value in vars(args).items() if "." in key and value is not None}
@@ -86,7 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train
 
     result = train(config_from_args(args), runs_root=args.runs_dir)
-    print(f"best validation accuracy {result.best_valid_acc:.4f} (epoch {result.best_epoch})")
+    print(f"final validation accuracy {result.final_valid_acc:.4f} (last.pt); "
+          f"best {result.best_valid_acc:.4f} at epoch {result.best_epoch} (best.pt, chosen on Valid)")
     print(f"run folder: {result.run_dir}")
     return 130 if result.interrupted else 0
 
@@ -94,12 +106,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_checkpoint
 
-    data_dir = args.data_dir or read_checkpoint(args.checkpoint)["config"]["data"]["data_dir"]
-    evaluation = evaluate_checkpoint(args.checkpoint, data_dir, device=args.device)
+    evaluation = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, device=args.device)
     if args.json:
         print(json.dumps(evaluation.summary() | {"per_class": evaluation.report().to_dict(orient="index")}, indent=2))
     else:
-        print(f"accuracy {evaluation.accuracy:.4f} on {len(evaluation.labels)} images of {data_dir}")
+        print(f"accuracy {evaluation.accuracy:.4f} on {len(evaluation.labels)} images: {evaluation.split}")
+        if evaluation.caveat:
+            print(f"note: {evaluation.caveat}")
         print(evaluation.report().round(3).to_string())
     return 0
 
@@ -137,15 +150,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clear_cache(args: argparse.Namespace) -> int:
+    from .data import cache_dir, clear_cache
+
+    files, freed = clear_cache()
+    print(f"removed {files} cache files ({freed / 2**20:.1f} MiB) from {cache_dir()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit,
+                "clear-cache": cmd_clear_cache}
     try:
-        commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit}
         return commands[args.command](args)
     except KeyboardInterrupt:  # outside training's own handler, e.g. while decoding images
         print("interrupted", file=sys.stderr)
         return 130
-    except (DataLayoutError, CheckpointError, UnreadableImage, ValueError, FileNotFoundError, RuntimeError) as error:
+    except EXPECTED_ERRORS as error:
+        if args.debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
 

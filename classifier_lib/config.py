@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the field and what is allowed."""
+
+
 def default_data_dir() -> str:
     """`$CLASSIFIER_DATA_DIR` if set, else `data/`."""
     return os.environ.get("CLASSIFIER_DATA_DIR", "data")
@@ -29,7 +33,9 @@ class SystemConfig:
 @dataclass
 class DataConfig:
     data_dir: str = field(default_factory=default_data_dir)
-    image_size: int = 64  # measured: at a fixed time budget more epochs beat more pixels
+    image_size: int = 64  # training resolution (of the last epochs, with progressive resizing)
+    min_size: int = 0  # progressive resizing: the first epochs at this size, growing to image_size; 0 = off
+    eval_size: int = 0  # test-time resolution (FixRes: larger than the training crops); 0 = image_size
     batch_size: int = 64
     subset: float = 1.0  # stratified fraction of every split, for quick runs
     val_fraction: float = 0.2  # used only when the data has no validation folder
@@ -39,7 +45,18 @@ class DataConfig:
     jitter: float = 0.3  # brightness / contrast / saturation, each by up to this fraction
     equalize_p: float = 0.1  # chance of histogram equalisation per image
     flip_tta: bool = True  # evaluate and predict on each image and its mirror image, averaged
-    workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per core
+    workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per usable core
+    train_on_all: bool = False  # train on Train + Valid (the final model); its Valid figures are then no score
+
+    @property
+    def test_size(self) -> int:
+        """The resolution the model sees at evaluation and prediction."""
+        return self.eval_size or self.image_size
+
+    @property
+    def decode_size(self) -> int:
+        """The resolution images are decoded and cached at: the largest one any step needs."""
+        return max(self.image_size, self.test_size)
 
 
 @dataclass
@@ -61,8 +78,12 @@ class TrainConfig:
     scheduler: str = "onecycle"  # onecycle | cosine | lambda | none
     lambda_decay: float = 0.95  # per-epoch factor of the "lambda" scheduler (the seed's)
     label_smoothing: float = 0.0
+    mix_p: float = 0.0  # share of batches mixed by CutMix or MixUp (half each); 0 = off
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    recalibrate_bn: bool = True  # after the last epoch, recompute BatchNorm statistics at the test size
     ema_decay: float = 0.99  # exponential moving average of the weights per step; 0 = off
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 on cpu, fp16 on cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 (fp16 on GPUs without bf16)
     channels_last: bool = True
     checkpoint_every: int = 0  # also keep epoch_NNN.pt every N epochs; 0 = only best/last
     resume: str | None = None
@@ -84,7 +105,7 @@ class Config:
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = set(raw) - set(sections)
         if unknown:
-            raise ValueError(f"unknown config sections: {sorted(unknown)}")
+            raise ConfigError(f"unknown config sections: {sorted(unknown)}")
         config = cls()
         for name, values in raw.items():
             setattr(config, name, _section_from_dict(getattr(config, name), values))
@@ -96,6 +117,31 @@ class Config:
     @classmethod
     def load(cls, path: str | Path) -> Config:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def validate(self) -> Config:
+        """Refuse values that would fail later or silently do nothing; returns self."""
+        data, train = self.data, self.train
+        checks = [
+            (train.epochs >= 1, f"train.epochs must be at least 1, got {train.epochs}"),
+            (data.batch_size >= 1, f"data.batch_size must be at least 1, got {data.batch_size}"),
+            (data.image_size >= 16, f"data.image_size must be at least 16 px, got {data.image_size}"),
+            (data.eval_size == 0 or data.eval_size >= 16, f"data.eval_size must be 0 or at least 16, got {data.eval_size}"),
+            (0 <= data.min_size <= data.image_size, "data.min_size must be 0 (off) or at most data.image_size"),
+            (0 < data.subset <= 1, f"data.subset must be in (0, 1], got {data.subset}"),
+            (0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {data.val_fraction}"),
+            (0 <= train.mix_p <= 1, f"train.mix_p must be in [0, 1], got {train.mix_p}"),
+            (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),
+            (train.lr > 0, f"train.lr must be positive, got {train.lr}"),
+            (train.precision in ("auto", "fp32", "bf16", "fp16"),
+             f"train.precision must be auto, fp32, bf16 or fp16, got {train.precision!r}"),
+            (train.scheduler in ("onecycle", "cosine", "lambda", "none"),
+             f"train.scheduler must be onecycle, cosine, lambda or none, got {train.scheduler!r}"),
+            (train.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, got {train.optimizer!r}"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
 
     def override(self, dotted: dict[str, Any]) -> Config:
         """Return a copy with `{"train.epochs": 3, "lr": 0.1, ...}` applied.
@@ -113,8 +159,13 @@ def _section_from_dict(default_section: Any, values: dict[str, Any]) -> Any:
     known = {f.name: f for f in dataclasses.fields(default_section)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ValueError(f"unknown {type(default_section).__name__} fields: {sorted(unknown)}")
-    converted = {name: _coerce(getattr(default_section, name), value) for name, value in values.items()}
+        raise ConfigError(f"unknown {type(default_section).__name__} fields: {sorted(unknown)}")
+    converted = {}
+    for name, value in values.items():
+        try:
+            converted[name] = _coerce(getattr(default_section, name), value)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{type(default_section).__name__}.{name}: cannot use {value!r} ({error})") from None
     return dataclasses.replace(default_section, **converted)
 
 
@@ -130,7 +181,7 @@ def _coerce(default: Any, value: Any) -> Any:
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(f"expected a boolean, got {value!r}")
+            raise ConfigError(f"expected a boolean, got {value!r}")
         return type(default)(value)
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -141,9 +192,9 @@ def _resolve_key(raw: dict[str, dict[str, Any]], key: str) -> tuple[str, str]:
     if "." in key:
         section, name = key.split(".", 1)
         if section not in raw or name not in raw[section]:
-            raise ValueError(f"unknown config key {key!r}")
+            raise ConfigError(f"unknown config key {key!r}")
         return section, name
     owners = [section for section, values in raw.items() if key in values]
     if len(owners) != 1:
-        raise ValueError(f"unknown config key {key!r}" if not owners else f"ambiguous config key {key!r}: {owners}")
+        raise ConfigError(f"unknown config key {key!r}" if not owners else f"ambiguous config key {key!r}: {owners}")
     return owners[0], key

@@ -4,9 +4,10 @@ Layout: `DATA_DIR/{Train,train}/<class>/...` and optionally `DATA_DIR/{Valid,val
 and `DATA_DIR/{Test,test}/...` (unlabelled, flat or nested). Without a validation folder a
 stratified, seeded split of the training folder is used.
 
-Every image is decoded once (in parallel), resized to the training resolution and kept as one
-`N x 3 x S x S` uint8 tensor; the result, with its exact per-channel mean/std, is cached on disk
-keyed by the file list, so the next run or notebook starts in a second.
+Every image is decoded once (in parallel), resized to the largest resolution a run needs and kept
+as one `N x 3 x S x S` uint8 tensor; the result is cached on disk keyed by the file list (absolute
+paths, sizes, dates), the size and a fingerprint of the decoding code and Pillow's version, so the
+next run or notebook starts in a second and never reuses pixels decoded another way.
 """
 from __future__ import annotations
 
@@ -17,17 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import images as images_module
 from .config import DataConfig
+from .device import usable_cpus
 from .images import IMAGE_EXTENSIONS, UnreadableImage, is_image_file, load_image
+from .progress import progress_bar_wanted
 
 TRAIN_NAMES = ("Train", "train", "training")
 VALID_NAMES = ("Valid", "valid", "val", "Val", "validation")
 TEST_NAMES = ("Test", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 EXPECTED_LAYOUT = (
     "expected DATA_DIR/Train/<class>/*.jpg (one folder per class), optionally DATA_DIR/Valid/<class>/ "
     "with the same class folders and an unlabelled DATA_DIR/Test/"
@@ -53,8 +58,7 @@ class CachedImages(Dataset):
 
     images: torch.Tensor  # N x 3 x S x S, uint8
     labels: torch.Tensor  # N, int64
-    paths: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    paths: list[str]  # absolute
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,7 +68,19 @@ class CachedImages(Dataset):
 
     def select(self, indices) -> CachedImages:
         indices = torch.as_tensor(indices, dtype=torch.long)
-        return CachedImages(self.images[indices], self.labels[indices], [self.paths[i] for i in indices], self.skipped)
+        return CachedImages(self.images[indices], self.labels[indices], [self.paths[i] for i in indices])
+
+    def concat(self, other: CachedImages) -> CachedImages:
+        return CachedImages(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
+                            self.paths + other.paths)
+
+
+@dataclass
+class LabelledSplit:
+    """One labelled folder as decoded, with the files that were skipped (path, reason)."""
+
+    data: CachedImages
+    skipped: list[tuple[str, str]]
 
 
 @dataclass
@@ -77,15 +93,13 @@ class DataBundle:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     splits: Splits
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        return self.train.skipped + self.valid.skipped
+    skipped: list[tuple[str, str]]  # every file of the data folder that could not be used, once
+    valid_source: str  # which images the validation split is, in words
 
 
 def find_splits(data_dir: str | Path) -> Splits:
     """Locate the train / valid / test folders and the class names, or say clearly what is wrong."""
-    root = Path(data_dir).expanduser()
+    root = Path(data_dir).expanduser().resolve()  # absolute: cache entries and ids never depend on the cwd
     if not root.is_dir():
         raise DataLayoutError(f"data folder {root} does not exist; {EXPECTED_LAYOUT}")
     train = _first_existing(root, TRAIN_NAMES)
@@ -146,6 +160,7 @@ class FlatImageDataset(Dataset):
 
     def __init__(self, paths: list[Path], size: int, root: Path | None = None):
         self.paths, self.size, self.root = list(paths), size, root
+        self.ids = [p.relative_to(root).as_posix() if root else str(p) for p in self.paths]
 
     @classmethod
     def from_folder(cls, folder: str | Path, size: int) -> FlatImageDataset:
@@ -157,10 +172,6 @@ class FlatImageDataset(Dataset):
             raise DataLayoutError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
         return cls(paths, size, folder)
 
-    @property
-    def ids(self) -> list[str]:
-        return [p.relative_to(self.root).as_posix() if self.root else str(p) for p in self.paths]
-
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -170,42 +181,50 @@ class FlatImageDataset(Dataset):
         except UnreadableImage as error:
             return torch.empty(0, dtype=torch.uint8), index, str(error)
 
+    def collate(self, items):
+        """In the worker: one uint8 tensor per batch (one shared-memory handle, not one per image)."""
+        readable = [(image, index) for image, index, reason in items if not reason]
+        images = torch.stack([image for image, _ in readable]) if readable else self.empty(0)
+        return images, [index for _, index in readable], [(index, reason) for _, index, reason in items if reason]
+
+    def empty(self, count: int) -> torch.Tensor:
+        return torch.empty(count, 3, self.size, self.size, dtype=torch.uint8)
+
     def decode_all(self, workers: int = 0, desc: str = "decoding"):
-        """Decode every file in parallel: (uint8 N x 3 x S x S, indices of readable files, skipped)."""
-        workers = (workers or os.cpu_count() or 1) if len(self) > 32 else 0
-        loader = DataLoader(self, batch_size=32, num_workers=workers, collate_fn=list)
-        images, kept, skipped = [], [], []
-        for batch in tqdm(loader, desc=desc, leave=False):
-            for image, index, reason in batch:
-                if reason:
-                    skipped.append((str(self.paths[index]), reason))
-                else:
-                    images.append(image)
-                    kept.append(index)
-        size = self.size
-        stacked = torch.stack(images) if images else torch.empty(0, 3, size, size, dtype=torch.uint8)
-        return stacked, kept, skipped
+        """Decode every file in parallel into one preallocated uint8 N x 3 x S x S tensor.
+
+        Returns (images of the readable files, their indices, (path, reason) of the others).
+        """
+        workers = (workers or usable_cpus()) if len(self) > 32 else 0
+        loader = DataLoader(self, batch_size=32, num_workers=workers, collate_fn=self.collate)
+        images, kept, skipped = self.empty(len(self)), [], []
+        for batch, indices, failures in tqdm(loader, desc=desc, leave=False, disable=not progress_bar_wanted()):
+            images[len(kept) : len(kept) + len(indices)] = batch
+            kept += indices
+            skipped += [(str(self.paths[index]), reason) for index, reason in failures]
+        return images[: len(kept)], kept, skipped
 
 
-def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0) -> CachedImages:
-    """Decode one labelled split, using the on-disk cache when the file list is unchanged."""
+def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0) -> LabelledSplit:
+    """Decode one labelled split, using the on-disk cache when files and preprocessing are unchanged."""
     paths, labels, skipped = list_labelled(split_dir, class_names)
     cache_file = _cache_path(paths, size)
     if cache_file.exists():
         try:
             cached = torch.load(cache_file, weights_only=True)
-            return CachedImages(cached["images"], cached["labels"], cached["paths"], _pairs(cached["skipped"]))
-        except Exception:  # a stale or broken cache is rebuilt, never fatal
+            return LabelledSplit(CachedImages(cached["images"], cached["labels"], cached["paths"]),
+                                 _pairs(cached["skipped"]))
+        except Exception:  # a broken cache file is rebuilt, never fatal
             pass
     images, kept, unreadable = FlatImageDataset(paths, size).decode_all(workers, f"decoding {split_dir.name}")
-    data = CachedImages(
-        images, torch.tensor([labels[i] for i in kept], dtype=torch.long), [str(paths[i]) for i in kept],
+    if not kept:
+        raise DataLayoutError(f"no readable images in {split_dir}")
+    split = LabelledSplit(
+        CachedImages(images, torch.tensor([labels[i] for i in kept], dtype=torch.long), [str(paths[i]) for i in kept]),
         skipped + unreadable,
     )
-    if len(data) == 0:
-        raise DataLayoutError(f"no readable images in {split_dir}")
-    _save_cache(cache_file, data)
-    return data
+    _save_cache(cache_file, split)
+    return split
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -238,47 +257,81 @@ def stratified_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np
 def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
     """Decode (or load from cache) both splits described by `config` and compute the normalisation."""
     splits = find_splits(config.data_dir)
-    train = load_split(splits.train, splits.class_names, config.image_size, config.workers)
-    if splits.valid is not None:
-        valid = load_split(splits.valid, splits.class_names, config.image_size, config.workers)
-    else:
-        valid_index, train_index = stratified_split(train.labels, config.val_fraction, seed)
-        train, valid = train.select(train_index), train.select(valid_index)
+    train, valid, skipped, valid_source = _train_and_valid(splits, config, seed)
     if config.subset < 1.0:
         train = train.select(stratified_split(train.labels, config.subset, seed)[0])
         valid = valid.select(stratified_split(valid.labels, config.subset, seed)[0])
+    if config.train_on_all:
+        train = train.concat(valid)
     missing = sorted(set(range(len(splits.class_names))) - set(train.labels.tolist()))
     if missing:
         names = [splits.class_names[i] for i in missing]
         raise DataLayoutError(f"no readable training images for classes {names} in {splits.train}")
     mean, std = channel_stats(train.images)
-    return DataBundle(train, valid, splits.class_names, mean, std, splits)
+    return DataBundle(train, valid, splits.class_names, mean, std, splits, skipped, valid_source)
+
+
+def load_held_out(config: DataConfig, seed: int, split: str = "valid") -> tuple[CachedImages, str]:
+    """The whole `valid` (or `train`) split a run with this config and seed used, and what it is in
+    words: the Valid folder, or the part of Train held out by the seeded split when there is none."""
+    if split not in ("valid", "train"):
+        raise ValueError(f"split must be valid or train, got {split!r}")
+    splits = find_splits(config.data_dir)
+    if split == "valid" and splits.valid is not None:
+        return load_split(splits.valid, splits.class_names, config.decode_size, config.workers).data, str(splits.valid)
+    train, valid, _, valid_source = _train_and_valid(splits, config, seed)
+    return (valid, valid_source) if split == "valid" else (train, f"{splits.train} less the validation split")
+
+
+def _train_and_valid(splits: Splits, config: DataConfig, seed: int):
+    """(train, valid, skipped files, what valid is): the Valid folder, else a seeded split of Train."""
+    size = config.decode_size
+    train = load_split(splits.train, splits.class_names, size, config.workers)
+    if splits.valid is not None:
+        valid = load_split(splits.valid, splits.class_names, size, config.workers)
+        return train.data, valid.data, train.skipped + valid.skipped, str(splits.valid)
+    valid_index, train_index = stratified_split(train.data.labels, config.val_fraction, seed)
+    source = f"{config.val_fraction:.0%} of {splits.train} held out (stratified, seed {seed}; no Valid folder)"
+    return train.data.select(train_index), train.data.select(valid_index), train.skipped, source
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CLASSIFIER_CACHE_DIR", Path.home() / ".cache" / "classifier_lib"))
 
 
+def clear_cache() -> tuple[int, int]:
+    """Delete every decoded-image cache file; returns (files, bytes) removed."""
+    files = list(cache_dir().glob("images_*"))
+    freed = sum(f.stat().st_size for f in files)
+    for f in files:
+        f.unlink(missing_ok=True)
+    return len(files), freed
+
+
+def preprocessing_fingerprint() -> str:
+    """Changes whenever decoding could give other pixels: this library's decode code or Pillow's version."""
+    source = Path(images_module.__file__).read_bytes()
+    return hashlib.sha1(source + PIL.__version__.encode() + f"v{CACHE_VERSION}".encode()).hexdigest()[:12]
+
+
 def _cache_path(paths: list[Path], size: int) -> Path:
-    digest = hashlib.sha1(f"v{CACHE_VERSION} size={size}".encode())
+    digest = hashlib.sha1(f"{preprocessing_fingerprint()} size={size}".encode())
     for path in paths:
         stat = path.stat()
         digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return cache_dir() / f"images_{digest.hexdigest()[:20]}.pt"
 
 
-def _save_cache(cache_file: Path, data: CachedImages) -> None:
+def _save_cache(cache_file: Path, split: LabelledSplit) -> None:
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        torch.save(
-            {"images": data.images, "labels": data.labels, "paths": data.paths,
-             "skipped": json.dumps(data.skipped)},
-            tmp,
-        )
+        data = split.data
+        torch.save({"images": data.images, "labels": data.labels, "paths": data.paths,
+                    "skipped": json.dumps(split.skipped)}, tmp)
         os.replace(tmp, cache_file)
-    except OSError:  # the cache only saves time; a read-only home must not stop training
-        pass
+    except OSError:  # the cache only saves time; a read-only or full disk must not stop training
+        tmp.unlink(missing_ok=True)
 
 
 def _pairs(raw: str) -> list[tuple[str, str]]:

@@ -1,20 +1,22 @@
-"""The training engine: train/validate epochs, schedules, mixed precision, checkpoints, TensorBoard.
+"""The training engine: train/validate epochs, checkpoints, TensorBoard, resume.
 
 `train(config)` is the whole job: it loads the data, builds the model, trains for
 `config.train.epochs` epochs in a new `runs/version_N` folder (or continues the run a resume
 checkpoint belongs to) and returns a `TrainResult`.
 
-Every epoch draws its randomness (shuffling, augmentation, dropout) from a seed derived from
-`(system.seed, epoch)`, so a run resumed after epoch k repeats epochs k+1... exactly as the
+Every epoch draws its randomness (shuffling, augmentation, mixing, dropout) from a seed derived
+from `(system.seed, epoch)`, so a run resumed after epoch k repeats epochs k+1... exactly as the
 uninterrupted run would (on the CPU, where kernels are deterministic).
+
+On CUDA the step never waits for the GPU: losses and accuracies are summed on the device and read
+once per epoch (plus a progress-bar figure every few dozen steps); only fp16 with its gradient
+scaler reads the scale each step, so that a skipped step advances neither the schedule nor the EMA.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import random
 import shlex
 import sys
 import time
@@ -22,23 +24,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from torch.utils.tensorboard import SummaryWriter
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_accuracy
+from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .augment import BatchAugment, normalize
+from .augment import BatchAugment, normalize, resize
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .config import Config
+from .config import Config, ConfigError
 from .data import CachedImages, DataBundle, load_data
+from .device import autocast, autocast_dtype, resolve_device, seed_everything
+from .ema import ModelEMA
 from .model import ResNet, count_parameters, flops_per_image
+from .optim import fast_forward, make_optimizer, make_scheduler
+from .predict import predict_logits, recalibrate_bn
+from .progress import batch_bars_wanted, progress_bar_wanted
 from .runs import new_run_dir
+
+PROGRESSIVE_END = 0.75  # progressive resizing reaches the full image size at 75 % of the epochs
+SIZE_STEP = 16  # training sizes are multiples of the network's total stride
+BAR_EVERY = 25  # steps between progress-bar loss updates (each one waits for the device)
 
 
 @dataclass
@@ -57,30 +66,9 @@ class TrainResult:
     def last_checkpoint(self) -> Path:
         return self.run_dir / "checkpoints" / "last.pt"
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available; use --device cpu")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting, or None for plain fp32."""
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "bf16"
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of auto, fp32, bf16, fp16; got {precision!r}")
-    if dtypes[precision] is torch.float16 and device.type != "cuda":
-        raise ValueError("fp16 autocast needs CUDA; on the CPU use bf16")
-    return dtypes[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    @property
+    def final_valid_acc(self) -> float:
+        return self.history[-1]["valid_acc"] if self.history else math.nan
 
 
 def setup_system(config: Config) -> torch.device:
@@ -96,54 +84,6 @@ def setup_system(config: Config) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    train = config.train
-    # No weight decay on BatchNorm and bias parameters: decaying them only hurts.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=True)
-    if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr)
-    raise ValueError(f"optimizer must be sgd or adamw; got {train.optimizer!r}")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int):
-    """A learning-rate schedule stepped once per batch."""
-    train = config.train
-    total = max(1, train.epochs * steps_per_epoch)
-    if train.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(  # it needs at least one step in each phase
-            optimizer, max_lr=train.lr, total_steps=max(total, 8), pct_start=0.25, div_factor=20, final_div_factor=200
-        )
-    if train.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if train.scheduler == "lambda":  # the seed's: lr * decay ** epoch
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: train.lambda_decay ** (step // steps_per_epoch))
-    if train.scheduler == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    raise ValueError(f"scheduler must be onecycle, cosine, lambda or none; got {train.scheduler!r}")
-
-
-def ema_with_warmup(decay: float):
-    """EMA update whose decay ramps up as (1 + n) / (10 + n) to `decay`, so that in a short run the
-    average is not dominated by the random initial weights."""
-
-    @torch.no_grad()
-    def update(ema_params, params, num_averaged):
-        n = int(num_averaged)
-        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(ema_params, params, num_averaged)
-
-    return update
-
-
 def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
     """A DataLoader yielding whole batches straight from the in-memory tensors.
 
@@ -157,29 +97,29 @@ def batches(dataset: CachedImages, batch_size: int, device: torch.device, genera
     return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=device.type == "cuda")
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, mean, std, batch_size: int = 256,
-    device: torch.device | None = None, dtype: torch.dtype | None = None, flip: bool = False,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Logits (float32, on the CPU) for a uint8 N x 3 x S x S tensor, in eval mode.
+def train_size(config: Config, epoch: int) -> int:
+    """The training resolution of `epoch` (0-based): with progressive resizing it grows linearly from
+    `data.min_size` to `data.image_size` over the first 75 % of the epochs, in steps of 16 px."""
+    data, epochs = config.data, config.train.epochs
+    if not data.min_size or data.min_size >= data.image_size:
+        return data.image_size
+    progress = min(1.0, epoch / max(1.0, PROGRESSIVE_END * epochs))
+    size = data.min_size + progress * (data.image_size - data.min_size)
+    return min(data.image_size, max(data.min_size, int(size) // SIZE_STEP * SIZE_STEP))
 
-    With `flip`, the logits of each image and its mirror image are averaged (test-time augmentation).
-    """
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for start in tqdm(range(0, len(images), batch_size), desc="predicting", leave=False, disable=not progress):
-        batch = normalize(images[start : start + batch_size].to(device), mean, std, channels_last=True)
-        with autocast(device, dtype):
-            logits = model(batch).float()
-            if flip:
-                logits = (logits + model(batch.flip(dims=[3])).float()) / 2
-        outputs.append(logits.cpu())
-    model.train(was_training)
-    return torch.cat(outputs) if outputs else torch.empty(0)
+
+class Mixer:
+    """CutMix or MixUp (torchvision's, half each) on a `p` share of the batches; labels become soft."""
+
+    def __init__(self, num_classes: int, p: float, mixup_alpha: float, cutmix_alpha: float):
+        self.p = p
+        self.mix = v2.RandomChoice([v2.CutMix(num_classes=num_classes, alpha=cutmix_alpha),
+                                    v2.MixUp(num_classes=num_classes, alpha=mixup_alpha)])
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        if torch.rand((), generator=generator) < self.p:
+            return self.mix(images, labels)
+        return images, labels
 
 
 class Trainer:
@@ -198,9 +138,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
         self.augment = BatchAugment.from_config(config.data) if config.data.augment else None
         self.num_classes = len(data.class_names)
+        train = config.train
+        self.mixer = Mixer(self.num_classes, train.mix_p, train.mixup_alpha, train.cutmix_alpha) if train.mix_p else None
         self.flops_per_image = flops_per_image(self.model, config.data.image_size)
-        decay = config.train.ema_decay
-        self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(decay), use_buffers=True) if decay else None
+        self.ema = ModelEMA(self.model, train.ema_decay) if train.ema_decay else None
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best_valid_acc, self.best_epoch = -1.0, 0
@@ -208,43 +149,69 @@ class Trainer:
     # --- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
         generator = torch.Generator().manual_seed(self.epoch_seed())
-        torch.manual_seed(self.epoch_seed())  # dropout
+        torch.manual_seed(self.epoch_seed())  # dropout, CutMix / MixUp
         self.model.train()
-        loss_metric = MeanMetric().to(self.device)
-        acc_metric = MulticlassAccuracy(self.num_classes, average="micro").to(self.device)
+        size = train_size(self.config, self.epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
         loader = batches(self.data.train, self.config.data.batch_size, self.device, generator)
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", leave=False)
-        for images, labels in bar:
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", leave=False,
+                   disable=not batch_bars_wanted())
+        for step, (images, labels) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            images = self.augment(images, generator) if self.augment else images
-            inputs = normalize(images, self.data.mean, self.data.std, self.config.train.channels_last)
-            with autocast(self.device, self.dtype):
-                logits = self.model(inputs)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.train.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss.item()} in epoch {self.epoch + 1}; lower the learning rate "
-                    f"(now {self.config.train.lr}) or use --precision fp32"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            loss, logits, labels = self.train_step(images, labels, size, generator)
+            if loss is None:  # fp16 overflow: the gradient scaler skipped this step
+                continue
+            loss_sum += loss.detach() * len(labels)
+            hard = labels.argmax(dim=1) if labels.ndim == 2 else labels
+            correct += (logits.detach().argmax(dim=1) == hard).sum()
+            seen += len(labels)
+            if step % BAR_EVERY == 0 and not bar.disable:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        train_loss = (loss_sum / max(seen, 1)).item()
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training loss became {train_loss} in epoch {self.epoch + 1}; lower the learning rate "
+                f"(now {self.config.train.lr}) or use --precision fp32"
+            )
+        return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1), "image_size": size}
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, size: int, generator: torch.Generator):
+        """One optimiser step; returns (loss, logits, targets), or Nones when fp16 skipped the step."""
+        images = self.augment(images, generator, size) if self.augment else resize(images.float().div_(255.0), size)
+        if self.mixer is not None:
+            images, labels = self.mixer(images, labels, generator)
+        inputs = normalize(images, self.data.mean, self.data.std, self.config.train.channels_last)
+        with autocast(self.device, self.dtype):
+            logits = self.model(inputs)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
             self.scaler.update()
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            loss_metric.update(loss.detach(), weight=len(labels))
-            acc_metric.update(logits.detach(), labels)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        return {"train_loss": loss_metric.compute().item(), "train_acc": acc_metric.compute().item()}
+            if self.scaler.get_scale() < scale:  # inf/NaN gradients: the step was skipped
+                return None, None, None
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss, logits, labels
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self, final: bool = False) -> dict[str, float]:
+        """Validation loss and accuracy of the evaluated model at the test size; after the last epoch
+        the BatchNorm statistics are first recomputed at that size (`train.recalibrate_bn`)."""
+        data = self.config.data
+        if final and self.config.train.recalibrate_bn:
+            recalibrate_bn(self.evaluated_model, self.data.train.images, self.data.mean, self.data.std,
+                           data.test_size, self.device, self.dtype)
         logits = predict_logits(self.evaluated_model, self.data.valid.images, self.data.mean, self.data.std,
-                                device=self.device, dtype=self.dtype, flip=self.config.data.flip_tta)
+                                size=data.test_size, device=self.device, dtype=self.dtype, flip=data.flip_tta)
         labels = self.data.valid.labels
-        accuracy = MulticlassAccuracy(self.num_classes, average="micro")(logits, labels)
+        accuracy = multiclass_accuracy(logits, labels, self.num_classes, average="micro")
         return {"valid_loss": F.cross_entropy(logits, labels).item(), "valid_acc": accuracy.item()}
 
     @property
@@ -258,15 +225,17 @@ class Trainer:
     # --- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint holds: for inference and for resuming."""
+        data = self.config.data
         return {
             "model": self.evaluated_model.state_dict(),
             # with an EMA, "model" holds the averaged weights; keep the raw ones and the count to resume
-            **({"training_model": self.model.state_dict(), "ema_updates": int(self.ema.n_averaged)}
+            **({"training_model": self.model.state_dict(), "ema_updates": self.ema.updates}
                if self.ema is not None else {}),
             "class_names": self.data.class_names,
             "mean": list(self.data.mean),
             "std": list(self.data.std),
-            "image_size": self.config.data.image_size,
+            "image_size": data.decode_size,  # what images are decoded to (load_image's size)
+            "eval_size": data.test_size,  # what the model sees at test time
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict(),
@@ -282,29 +251,41 @@ class Trainer:
             raise CheckpointError(
                 f"{source} was trained on classes {state['class_names']}, the data has {self.data.class_names}"
             )
+        done, planned = int(state["epoch"]), self.config.train.epochs
+        if done > planned:
+            raise ConfigError(f"{source} has already trained {done} epochs; ask for more than that with --epochs")
         try:
             self.model.load_state_dict(state.get("training_model", state["model"]))
             if self.ema is not None and "ema_updates" in state:  # else the average restarts from these weights
                 self.ema.module.load_state_dict(state["model"])
-                self.ema.n_averaged.fill_(state["ema_updates"])
+                self.ema.updates = int(state["ema_updates"])
         except RuntimeError as error:
             raise CheckpointError(f"{source}: its weights do not fit this model config: {str(error).splitlines()[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if state["config"]["train"]["epochs"] == planned:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:  # a longer run: the schedule for the new epoch count, joined at the step reached
+            for group in self.optimizer.param_groups:  # a fresh schedule starts from the base rate
+                group["lr"] = self.config.train.lr
+                group.pop("initial_lr", None)
+            self.scheduler = make_scheduler(self.optimizer, self.config, self.steps_per_epoch)
+            fast_forward(self.scheduler, done * self.steps_per_epoch)
         self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
+        self.epoch = done
         self.history = json.loads(state["history"])
         self.best_valid_acc, self.best_epoch = float(state["best_valid_acc"]), int(state["best_epoch"])
 
-    def save(self, name: str) -> Path:
+    def save(self, name: str, selected_on_valid: bool = False) -> Path:
+        """Write a checkpoint; `selected_on_valid` marks one picked for its validation accuracy (best.pt)."""
         path = self.run_dir / "checkpoints" / name
-        save_checkpoint(path, self.state())
+        save_checkpoint(path, self.state() | {"selected_on_valid": selected_on_valid})
         return path
 
 
 def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | None = None,
           runs_root: str | Path = "runs") -> TrainResult:
     """Train a model as `config` says; see the module docstring."""
+    config.validate()
     device = setup_system(config)
     resume_state = read_checkpoint(config.train.resume) if config.train.resume else None
     data = data or load_data(config.data, config.system.seed)
@@ -318,17 +299,19 @@ def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | 
     _log(f"run folder: {run_dir}")
     _log(f"model: {count_parameters(trainer.model) / 1e6:.2f} M parameters, "
          f"{trainer.flops_per_image / 1e9:.3f} GFLOPs per {config.data.image_size}x{config.data.image_size} image")
-    _log(f"{len(data.train)} training / {len(data.valid)} validation images, classes {data.class_names}, "
-         f"{len(data.skipped)} files skipped; device {device}, precision {config.train.precision}")
+    _log(f"{len(data.train)} training / {len(data.valid)} validation images"
+         f"{' (validation images are in the training set: train_on_all)' if config.data.train_on_all else ''}, "
+         f"classes {data.class_names}, {len(data.skipped)} files skipped; device {device}, "
+         f"precision {config.train.precision} ({trainer.dtype or 'fp32'})")
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     start_time = time.perf_counter() - (trainer.history[-1]["elapsed_s"] if trainer.history else 0.0)
     interrupted = False
     try:
         for _ in tqdm(range(trainer.epoch, config.train.epochs), desc="training", initial=trainer.epoch,
-                      total=config.train.epochs):
+                      total=config.train.epochs, disable=not progress_bar_wanted()):
             row = {"epoch": trainer.epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
             row |= trainer.train_epoch()
-            row |= trainer.validate()
+            row |= trainer.validate(final=trainer.epoch + 1 == config.train.epochs)
             trainer.epoch += 1
             row["elapsed_s"] = time.perf_counter() - start_time
             trainer.history.append(row)
@@ -352,26 +335,27 @@ def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter
         trainer.best_valid_acc, trainer.best_epoch = row["valid_acc"], epoch
     _save_or_warn(trainer, "last.pt")
     if improved:
-        _save_or_warn(trainer, "best.pt")
+        _save_or_warn(trainer, "best.pt", selected_on_valid=True)
     if config.train.checkpoint_every and epoch % config.train.checkpoint_every == 0:
         _save_or_warn(trainer, f"epoch_{epoch:03d}.pt")
     for split in ("train", "valid"):
         writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], epoch)
         writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], epoch)
     writer.add_scalar("lr", row["lr"], epoch)
+    writer.add_scalar("image_size", row["image_size"], epoch)
     writer.flush()
     _write_metrics(trainer, None)
     _log(
         f"epoch {epoch:3d}/{config.train.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
         f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}{' *' if improved else '  '}  "
-        f"lr {row['lr']:.4g}  {row['elapsed_s']:.0f}s"
+        f"lr {row['lr']:.4g}  {row['image_size']}px  {row['elapsed_s']:.0f}s"
     )
 
 
-def _save_or_warn(trainer: Trainer, name: str) -> None:
+def _save_or_warn(trainer: Trainer, name: str, selected_on_valid: bool = False) -> None:
     """Save a checkpoint; if that fails (disk full...) keep the previous file and keep training."""
     try:
-        trainer.save(name)
+        trainer.save(name, selected_on_valid)
     except OSError as error:
         _log(f"WARNING: could not save {name} ({error}); the previous {name}, if any, is kept unchanged")
 
@@ -385,11 +369,14 @@ def _interrupt_message(trainer: Trainer) -> str:
 
 
 def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
+    history = trainer.history
     metrics = {
-        "history": trainer.history,
+        "history": history,
+        "final_valid_acc": history[-1]["valid_acc"] if history else None,
         "best_valid_acc": trainer.best_valid_acc,
         "best_epoch": trainer.best_epoch,
         "epochs_done": trainer.epoch,
+        "valid_in_training": trainer.config.data.train_on_all,
         "class_names": trainer.data.class_names,
         "train_images": len(trainer.data.train),
         "valid_images": len(trainer.data.valid),
@@ -411,11 +398,10 @@ def _write_hparams(run_dir: Path, config: Config, result: TrainResult) -> None:
     for section, values in config.to_dict().items():
         for name, value in values.items():
             hparams[f"{section}.{name}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    final = result.history[-1] if result.history else {}
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         writer.add_hparams(
             hparams,
-            {"hparam/best_valid_acc": result.best_valid_acc, "hparam/final_valid_acc": final.get("valid_acc", math.nan)},
+            {"hparam/best_valid_acc": result.best_valid_acc, "hparam/final_valid_acc": result.final_valid_acc},
             run_name="hparams",
         )
 

@@ -1,6 +1,7 @@
 """Evaluating a checkpoint on a labelled split: accuracy, per-class report, confusion, worst mistakes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report, confusion_matrix
 
-from .data import CachedImages, DataLayoutError, find_splits, load_split
+from .data import CachedImages, DataLayoutError, find_splits, load_held_out
 from .inference import Predictor
 
 
@@ -21,6 +22,9 @@ class Evaluation:
     class_names: list[str]
     data: CachedImages
     probabilities: torch.Tensor  # N x classes
+    split: str  # which images these are, in words
+    chosen_on: str  # what picked this checkpoint, in words
+    caveat: str = ""  # why this accuracy is not an unbiased score, when it is not
 
     @property
     def labels(self) -> np.ndarray:
@@ -57,21 +61,42 @@ class Evaluation:
         return wrong[np.argsort(-self.losses[wrong])]
 
     def summary(self) -> dict:
-        return {"accuracy": self.accuracy, "images": len(self.labels), "errors": int((self.predictions != self.labels).sum()),
-                "skipped_files": len(self.data.skipped)}
+        return {"accuracy": self.accuracy, "images": len(self.labels),
+                "errors": int((self.predictions != self.labels).sum()), "split": self.split, "checkpoint_chosen_on": self.chosen_on, "caveat": self.caveat}
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "valid",
+def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None, split: str = "valid",
                         device: str = "auto") -> Evaluation:
-    """Evaluate a checkpoint on the `valid` (or `train`) split of a data folder."""
+    """Evaluate a checkpoint on the `valid` (or `train`) split that its training used.
+
+    `data_dir` defaults to the folder the checkpoint was trained on. Without a Valid folder the
+    validation split is rebuilt from the checkpoint's config and seed, so it is the same held-out
+    part of Train that training validated on (never images it trained on).
+    """
     predictor = Predictor(checkpoint, device)
-    splits = find_splits(data_dir)
-    folder = splits.valid if split == "valid" else splits.train
-    if folder is None:
-        raise DataLayoutError(f"{data_dir} has no validation folder to evaluate on; pass split='train'")
-    if splits.class_names != predictor.class_names:
+    config = predictor.loaded.config
+    data_config = dataclasses.replace(config.data, data_dir=str(data_dir or config.data.data_dir), subset=1.0)
+    if find_splits(data_config.data_dir).class_names != predictor.class_names:
         raise DataLayoutError(
-            f"the checkpoint knows classes {predictor.class_names}, {folder} has {splits.class_names}"
+            f"the checkpoint knows classes {predictor.class_names}, "
+            f"{data_config.data_dir} has {find_splits(data_config.data_dir).class_names}"
         )
-    data = load_split(folder, predictor.class_names, predictor.image_size)
-    return Evaluation(predictor.class_names, data, predictor.probabilities(data.images))
+    data, source = load_held_out(data_config, config.system.seed, split)
+    same_data = Path(data_config.data_dir).resolve() == Path(config.data.data_dir).resolve()
+    state = predictor.loaded.checkpoint
+    chosen_on = (f"its validation accuracy: epoch {state['epoch']} scored best on Valid" if state.get("selected_on_valid")
+                 else "nothing: the weights after the last epoch trained")
+    caveat = _caveat(state, config, split) if same_data else ""
+    return Evaluation(predictor.class_names, data, predictor.probabilities(data.images), source, chosen_on, caveat)
+
+
+def _caveat(state: dict, config, split: str) -> str:
+    """Why an accuracy on the run's own data is not an unbiased score, if it is not."""
+    if split == "train":
+        return "these are training images: the model has seen them"
+    if config.data.train_on_all:
+        return "this model was trained on the validation images too (train_on_all): this is not a score"
+    if state.get("selected_on_valid"):
+        return ("this checkpoint was chosen for its accuracy on this same split: the figure is optimistic "
+                "(last.pt gives an unbiased one)")
+    return ""

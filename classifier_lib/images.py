@@ -34,16 +34,14 @@ def load_image(source: str | Path | bytes, size: int) -> torch.Tensor:
     """
     name = "uploaded image" if isinstance(source, bytes) else str(source)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as file:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            if image.width * image.height > MAX_PIXELS:
+            if file.width * file.height > MAX_PIXELS:
                 raise UnreadableImage(
-                    f"{name}: {image.width}x{image.height} pixels is over the {MAX_PIXELS:,} pixel limit"
+                    f"{name}: {file.width}x{file.height} pixels is over the {MAX_PIXELS:,} pixel limit"
                 )
-            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-            image = ImageOps.exif_transpose(image)
-            image = to_rgb(image)
+            file.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+            image = to_rgb(ImageOps.exif_transpose(file))
             image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
     except UnreadableImage:
         raise
@@ -57,11 +55,18 @@ def load_image(source: str | Path | bytes, size: int) -> torch.Tensor:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16-bit and float greyscale are scaled, alpha is laid over white."""
+    """Any PIL mode to 8-bit RGB; alpha is laid over white.
+
+    16-bit greyscale is scaled from its full 0..65535 range (a dark 16-bit image stays dark); 32-bit
+    integer greyscale, whose depth the file does not say, from 0..65535 when it uses values above 255,
+    else 0..255; float greyscale from 0..1 when it stays within it, else likewise.
+    """
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if pixels.max() > 255 else 255.0
-        image = Image.fromarray((pixels.clip(0, top) * (255.0 / top)).astype(np.uint8), mode="L")
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        if image.mode == "F" and pixels.max() <= 1.0:
+            top = 1.0
+        image = Image.fromarray((pixels.clip(0, top) * (255.0 / top)).round().astype(np.uint8), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import torch
 
+from .augment import model_input
 from .checkpoint import LoadedModel, load_model
-from .data import FlatImageDataset
-from .engine import autocast_dtype, predict_logits, resolve_device
+from .data import DataLayoutError, FlatImageDataset
+from .device import autocast_dtype, resolve_device
 from .images import load_image
+from .predict import predict_logits
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a cell as a formula
 
 
 @dataclass
@@ -35,7 +39,7 @@ class FolderPredictions:
 class Predictor:
     """Loads a checkpoint once and predicts with the exact preprocessing used in training.
 
-    `precision="auto"` uses the autocast of training's validation (bf16 on the CPU, fp16 on CUDA);
+    `precision="auto"` uses the autocast of training's validation (bf16 on the CPU and recent GPUs);
     "fp32" gives full precision at about half the batched speed on the CPU.
     """
 
@@ -51,16 +55,25 @@ class Predictor:
 
     @property
     def image_size(self) -> int:
+        """The size images are decoded to; the model sees them resized to `eval_size`."""
         return self.loaded.image_size
+
+    @property
+    def eval_size(self) -> int:
+        return self.loaded.eval_size
 
     def preprocess(self, source: str | Path | bytes) -> torch.Tensor:
         """A file path or the file's bytes to the uint8 tensor the model's training used."""
         return load_image(source, self.image_size)
 
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed uint8 images (N x 3 x S x S) to the normalised input the model sees."""
+        return model_input(images.to(self.device), self.eval_size, self.loaded.mean, self.loaded.std)
+
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for a uint8 N x 3 x S x S batch."""
-        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, batch_size, self.device,
-                                self.dtype, flip=self.loaded.config.data.flip_tta)
+        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, self.eval_size, batch_size,
+                                self.device, self.dtype, flip=self.loaded.config.data.flip_tta)
         return logits.softmax(dim=1)
 
     def predict(self, source: str | Path | bytes) -> Prediction:
@@ -78,8 +91,11 @@ class Predictor:
         """Predict every image under `folder` (nested folders too); unreadable files are listed, not fatal."""
         dataset = FlatImageDataset.from_folder(folder, self.image_size)
         images, kept, skipped = dataset.decode_all(workers, desc="decoding test images")
-        ids = [dataset.ids[i] for i in kept]
-        return FolderPredictions(ids, self.probabilities(images), self.class_names, skipped)
+        if not kept:
+            raise DataLayoutError(f"none of the {len(dataset)} image files under {folder} could be read, e.g. "
+                                  f"{skipped[0][1]}")
+        ids = dataset.ids
+        return FolderPredictions([ids[i] for i in kept], self.probabilities(images), self.class_names, skipped)
 
 
 def write_submission(predictions: FolderPredictions, path: str | Path) -> tuple[Path, Path]:
@@ -87,13 +103,19 @@ def write_submission(predictions: FolderPredictions, path: str | Path) -> tuple[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     probs_path = path.with_name(path.stem + "_probs.csv")
+    ids = [csv_safe(image_id) for image_id in predictions.ids]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "label"])
-        writer.writerows(zip(predictions.ids, predictions.labels))
+        writer.writerows(zip(ids, predictions.labels))
     with probs_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", *predictions.class_names])
-        for image_id, row in zip(predictions.ids, predictions.probabilities.tolist()):
+        for image_id, row in zip(ids, predictions.probabilities.tolist()):
             writer.writerow([image_id, *(f"{p:.6f}" for p in row)])
     return path, probs_path
+
+
+def csv_safe(cell: str) -> str:
+    """A file name as a CSV cell that a spreadsheet shows as text, never runs as a formula (OWASP)."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell

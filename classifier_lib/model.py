@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 
 
 class ResidualBlock(nn.Module):
@@ -36,10 +36,11 @@ class ResNet(nn.Module):
     """Stem, then one stage per width (the first block of every stage after the first halves the
     resolution), global average pooling and a dropout + linear head. Works for inputs of 32 px and up."""
 
-    def __init__(self, num_classes: int, config: ModelConfig = ModelConfig()):
+    def __init__(self, num_classes: int, config: ModelConfig | None = None):
         super().__init__()
+        config = config or ModelConfig()
         if len(config.widths) != len(config.blocks):
-            raise ValueError(f"model widths {config.widths} and blocks {config.blocks} differ in length")
+            raise ConfigError(f"model widths {config.widths} and blocks {config.blocks} differ in length")
         self.config = config
         widths = config.widths
         self.stem = nn.Sequential(

@@ -6,22 +6,23 @@ lists every run.
 """
 from __future__ import annotations
 
-import html
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import nbformat
 import papermill
 from nbconvert import HTMLExporter
 from tqdm.auto import tqdm
 
+from .progress import progress_bar_wanted
 from .runs import list_runs, new_run_dir
 
 PIPELINE = ("01_data_stats", "02_training", "03_evaluation", "04_activations", "05_submission")
-QUICK_PARAMETERS = {"subset": 0.1, "epochs": 2}
+QUICK_PARAMETERS = {"epochs": 6, "image_size": 48}  # a smoke run that still learns: ~65 % on Valid
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -89,8 +90,8 @@ def run_pipeline(
     if not run_dir.is_dir():
         raise PipelineError(f"run folder {run_dir} does not exist")
     reports_dir = Path(reports_root) / run_dir.name
-    _save_pipeline_parameters(run_dir, data_dir, user_parameters, quick)
-    progress = tqdm(sources, desc="pipeline", unit="notebook")
+    _save_pipeline_parameters(run_dir, data_dir, user_parameters, quick, [source.stem for source in sources])
+    progress = tqdm(sources, desc="pipeline", unit="notebook", disable=not progress_bar_wanted())
     for source in progress:
         step = Step(source.stem, source, run_dir / "notebooks" / source.name, reports_dir / f"{source.stem}.html")
         progress.set_postfix_str(step.name)
@@ -130,42 +131,50 @@ def render_html(notebook: Path, target: Path) -> Path | None:
     return target
 
 
+INDEX_TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>classifier runs</title>
+<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;border-bottom:1px solid #ddd}</style>
+</head><body><h1>Runs</h1><table>
+<tr><th>run</th><th>date</th><th>final valid acc</th><th>best valid acc</th><th>epochs</th><th>evaluated acc</th><th>reports</th></tr>
+{% for row in rows %}<tr><td>{{ row.name }}</td><td>{{ row.date }}</td><td>{{ row.final }}</td><td>{{ row.best }}</td>
+<td>{{ row.epochs }}</td><td>{{ row.evaluated }}</td>
+<td>{% for page in row.pages %}<a href="{{ row.name }}/{{ page }}.html">{{ page }}</a> {% else %}(no reports){% endfor %}</td></tr>
+{% endfor %}</table></body></html>
+"""
+
+
 def write_index(runs_root: str | Path = "runs", reports_root: str | Path = "reports") -> Path:
-    """`reports/index.html`: every run with its date, headline metrics and links to its reports."""
+    """`reports/index.html`: every run with its date, headline metrics and links to its reports.
+
+    Rendered by jinja2 with autoescaping: run and report names are text, never markup.
+    """
     reports_root = Path(reports_root)
     reports_root.mkdir(parents=True, exist_ok=True)
     rows = []
     for run in reversed(list_runs(runs_root)):
         metrics = _read_json(run / "metrics.json")
-        evaluation = _read_json(run / "evaluation.json")
-        links = " ".join(
-            f'<a href="{run.name}/{page.name}">{html.escape(page.stem)}</a>'
-            for page in sorted((reports_root / run.name).glob("*.html"))
-        )
-        rows.append(
-            "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
-                html.escape(run.name),
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(run.stat().st_mtime)),
-                _fmt(metrics.get("best_valid_acc")),
-                metrics.get("epochs_done", ""),
-                _fmt(evaluation.get("accuracy")),
-                links or "(no reports)",
-            )) + "</tr>"
-        )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>classifier runs</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;border-bottom:1px solid #ddd}</style>"
-        "</head><body><h1>Runs</h1><table><tr><th>run</th><th>date</th><th>best valid acc</th><th>epochs</th>"
-        "<th>evaluated acc</th><th>reports</th></tr>" + "".join(rows) + "</table></body></html>"
-    )
+        rows.append({
+            "name": run.name,
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(run.stat().st_mtime)),
+            "final": _fmt(metrics.get("final_valid_acc")),
+            "best": _fmt(metrics.get("best_valid_acc")),
+            "epochs": metrics.get("epochs_done", ""),
+            "evaluated": _fmt(_read_json(run / "evaluation.json").get("accuracy")),
+            "pages": [page.stem for page in sorted((reports_root / run.name).glob("*.html"))],
+        })
+    template = jinja2.Environment(autoescape=True).from_string(INDEX_TEMPLATE)
     index = reports_root / "index.html"
-    index.write_text(page, encoding="utf-8")
+    index.write_text(template.render(rows=rows), encoding="utf-8")
     return index
 
 
-def _save_pipeline_parameters(run_dir: Path, data_dir, parameters: dict[str, Any], quick: bool) -> None:
-    record = {"data_dir": str(data_dir), "parameters": parameters, "quick": quick}
-    (run_dir / "pipeline.json").write_text(json.dumps(record, indent=2) + "\n")
+def _save_pipeline_parameters(run_dir: Path, data_dir, parameters: dict[str, Any], quick: bool,
+                              steps: list[str]) -> None:
+    """Append this invocation to `pipeline.json`: a partial re-run adds to the record, never replaces it."""
+    path = run_dir / "pipeline.json"
+    invocations = _read_json(path).get("invocations", [])
+    invocations.append({"data_dir": str(data_dir), "parameters": parameters, "quick": quick, "steps": steps,
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    path.write_text(json.dumps({"invocations": invocations}, indent=2) + "\n")
 
 
 def _read_json(path: Path) -> dict:

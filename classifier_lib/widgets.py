@@ -1,6 +1,7 @@
 """An ipywidgets image tester: pick a checkpoint, upload or choose an image, see the prediction."""
 from __future__ import annotations
 
+import html
 import io
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Image
 
 from . import plots
-from .augment import normalize
+from .augment import resize
 from .explain import grad_cam
 from .images import UnreadableImage
 from .inference import Prediction, Predictor
@@ -17,10 +18,10 @@ from .runs import list_runs
 
 
 def find_checkpoints(runs_root: str | Path = "runs") -> list[Path]:
-    """Every run's best.pt / last.pt, newest run first."""
+    """Every run's last.pt / best.pt, newest run first: last.pt, not chosen on Valid, is the default."""
     found = []
     for run in reversed(list_runs(runs_root)):
-        found += [run / "checkpoints" / name for name in ("best.pt", "last.pt") if (run / "checkpoints" / name).exists()]
+        found += [run / "checkpoints" / name for name in ("last.pt", "best.pt") if (run / "checkpoints" / name).exists()]
     return found
 
 
@@ -45,11 +46,11 @@ class ImageTester:
         if checkpoints:
             self.load(checkpoints[0])
         else:
-            self.result.value = f"<b>No checkpoints under {runs_root}/</b>: train a model first."
+            self.result.value = f"<b>No checkpoints under {html.escape(str(runs_root))}/</b>: train a model first."
 
     def load(self, checkpoint: str | Path) -> None:
         self.predictor = Predictor(checkpoint, device="cpu")
-        self.result.value = f"loaded {checkpoint}: classes {', '.join(self.predictor.class_names)}"
+        self.result.value = html.escape(f"loaded {checkpoint}: classes {', '.join(self.predictor.class_names)}")
 
     def show(self, source: bytes | str | Path) -> Prediction | None:
         """Predict one image, render it with its probabilities and Grad-CAM, and return the prediction."""
@@ -59,15 +60,15 @@ class ImageTester:
         try:
             image = self.predictor.preprocess(source)
         except UnreadableImage as error:
-            self.result.value = f"<b style='color:#b00'>Cannot read this image:</b> {error}"
+            self.result.value = f"<b style='color:#b00'>Cannot read this image:</b> {html.escape(str(error))}"
             return None
         prediction = self.predictor.predict_image(image)
-        loaded = self.predictor.loaded
-        inputs = normalize(image.unsqueeze(0), loaded.mean, loaded.std).to(self.predictor.device)
+        inputs = self.predictor.model_input(image.unsqueeze(0))
         heatmap, _ = grad_cam(self.predictor.model, inputs, self.predictor.class_names.index(prediction.label))
         self.last_prediction = prediction
-        self.result.value = f"<h3>{prediction.label} ({prediction.confidence:.1%})</h3>"
-        figures = [plots.heatmap_overlays([image], [heatmap], [prediction.label], columns=1),
+        self.result.value = f"<h3>{html.escape(prediction.label)} ({prediction.confidence:.1%})</h3>"
+        shown = resize(image.unsqueeze(0), self.predictor.eval_size)[0]  # the pixels the model saw
+        figures = [plots.heatmap_overlays([shown], [heatmap], [prediction.label], columns=1),
                    plots.probabilities(prediction.probabilities, "class probabilities")]
         self.output.outputs = ()
         for figure in figures:  # as PNG data, so the widget shows them with or without a live kernel

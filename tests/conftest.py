@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from classifier_lib.config import Config
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
+REAL_DATA = Path(os.environ.get("CLASSIFIER_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals")
 COLOURS = {"cat": (200, 60, 60), "dog": (60, 200, 60), "panda": (60, 60, 200)}
 
 
@@ -71,3 +72,15 @@ def trained_run(tmp_path_factory):
 
 
 needs_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real data set not found at {REAL_DATA}")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (CI=true) a skipped test is a failure: the slow, real-data and browser tests must run there.
+    Only tests marked `cuda` may skip, since CI has no GPU."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("CI", "").lower() in ("1", "true") and item.get_closest_marker("cuda") is None:
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome, report.longrepr = "failed", f"skipped in CI, where it must run: {reason}"

@@ -1,7 +1,7 @@
 import torch
 
 from classifier_lib.augment import BatchAugment, normalize
-from classifier_lib.engine import predict_logits
+from classifier_lib.predict import predict_logits
 from classifier_lib.model import ResNet
 
 

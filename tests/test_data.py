@@ -1,9 +1,15 @@
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from classifier_lib.config import DataConfig
-from classifier_lib.data import DataLayoutError, channel_stats, find_splits, load_data, load_split, stratified_split
+from classifier_lib.data import (DataLayoutError, FlatImageDataset, channel_stats, clear_cache, find_splits, load_data,
+                                 load_held_out, load_split, stratified_split)
 
 from conftest import make_dataset, make_image
 
@@ -70,12 +76,12 @@ def test_channel_stats_is_not_a_mean_of_batch_means():
 def test_decoded_split_is_cached_on_disk(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
     splits = find_splits(tiny_data)
-    first = load_split(splits.train, splits.class_names, 16)
+    first = load_split(splits.train, splits.class_names, 16).data
     assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 1
-    second = load_split(splits.train, splits.class_names, 16)
+    second = load_split(splits.train, splits.class_names, 16).data
     assert torch.equal(first.images, second.images) and first.paths == second.paths
     make_image(splits.train / "cat" / "new.png", (1, 2, 3))  # a changed file list is a new cache entry
-    third = load_split(splits.train, splits.class_names, 16)
+    third = load_split(splits.train, splits.class_names, 16).data
     assert len(third) == len(first) + 1
     assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 2
 
@@ -89,3 +95,98 @@ def test_folder_without_train_is_explained(tmp_path):
     (tmp_path / "cat").mkdir()
     with pytest.raises(DataLayoutError, match="no Train folder"):
         find_splits(tmp_path)
+
+
+def test_cache_is_keyed_by_the_preprocessing_too(tiny_data, tmp_path, monkeypatch):
+    """Another Pillow version or other decoding code may give other pixels: never reuse the old ones."""
+    import classifier_lib.data as data_module
+
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    splits = find_splits(tiny_data)
+    load_split(splits.train, splits.class_names, 16)
+    monkeypatch.setattr(data_module.PIL, "__version__", "0.0-other")
+    load_split(splits.train, splits.class_names, 16)
+    assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 2
+
+
+def test_cached_paths_are_absolute_whatever_the_working_directory(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tiny_data.parent)
+    first = load_data(DataConfig(data_dir=tiny_data.name, image_size=16))
+    monkeypatch.chdir(tiny_data)
+    again = load_data(DataConfig(data_dir=".", image_size=16))  # the same files, now from the cache
+    assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 2  # train and valid, reused
+    assert first.train.paths == again.train.paths
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in again.train.paths)
+
+
+def test_a_failed_cache_save_leaves_no_temporary_file(tiny_data, tmp_path, monkeypatch):
+    import classifier_lib.data as data_module
+
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+
+    def disk_full(obj, path):
+        Path(path).write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data_module.torch, "save", disk_full)
+    splits = find_splits(tiny_data)
+    assert len(load_split(splits.train, splits.class_names, 16).data) == 36  # training goes on
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_clear_cache(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    load_data(DataConfig(data_dir=str(tiny_data), image_size=16))
+    assert clear_cache()[0] == 2 and list((tmp_path / "cache").iterdir()) == []
+
+
+def test_skipped_files_are_counted_once_without_a_valid_folder(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=(10, 0), valid=False)
+    (root / "Train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    data = load_data(DataConfig(data_dir=str(root), image_size=16))
+    assert [Path(p).name for p, _ in data.skipped] == ["broken.jpg"]
+    assert "held out" in data.valid_source
+
+
+def test_train_on_all_trains_on_both_splits(tiny_data):
+    data = load_data(DataConfig(data_dir=str(tiny_data), image_size=16, train_on_all=True))
+    assert len(data.train) == 36 + 18 and set(data.valid.paths) <= set(data.train.paths)
+
+
+def test_held_out_split_is_rebuilt_from_config_and_seed(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=(10, 0), valid=False)
+    config = DataConfig(data_dir=str(root), image_size=16)
+    trained = load_data(config, seed=5)
+    held_out, source = load_held_out(config, seed=5)
+    assert held_out.paths == trained.valid.paths and not set(held_out.paths) & set(trained.train.paths)
+    assert "seed 5" in source
+
+
+def test_decoding_copies_batches_into_one_array_with_few_file_handles(tmp_path):
+    """Decoded images come back one tensor per batch, not per image: with a low open-file limit, 600
+    images through two worker processes still decode (one shared-memory handle per image did not)."""
+    for i in range(600):
+        make_image(tmp_path / "imgs" / f"{i:04d}.png", (i % 256, 0, 0), size=(8, 8), seed=i)
+    (tmp_path / "imgs" / "9999_bad.png").write_bytes(b"nope")
+    script = (
+        "import resource, sys; from pathlib import Path\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+        "from classifier_lib.data import FlatImageDataset, list_images\n"
+        f"paths, _ = list_images(Path({str(tmp_path / 'imgs')!r}))\n"
+        "images, kept, skipped = FlatImageDataset(paths, 8).decode_all(workers=2)\n"
+        "assert images.shape == (600, 3, 8, 8) and kept == list(range(600)) and len(skipped) == 1, images.shape\n"
+        "print('ok')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert completed.stdout.strip() == "ok", completed.stderr[-3000:]
+
+
+def test_test_folder_ids_are_built_once():
+    """Ids are computed once, linearly: indexing them per image must not rebuild the whole list."""
+    paths = [Path("/data/Test") / f"part{i % 7}" / f"img_{i}.jpg" for i in range(20_000)]
+    started = time.perf_counter()
+    dataset = FlatImageDataset(paths, 32, Path("/data/Test"))
+    ids = [dataset.ids[i] for i in range(len(dataset))]
+    assert time.perf_counter() - started < 10  # a per-access rebuild would take many minutes
+    assert ids[8] == "part1/img_8.jpg"

@@ -5,9 +5,16 @@ import threading
 import pytest
 import torch
 
+from classifier_lib.augment import model_input
 from classifier_lib.checkpoint import load_model, read_checkpoint
-from classifier_lib.config import Config
-from classifier_lib.engine import make_scheduler, train
+from classifier_lib.config import Config, ConfigError, ModelConfig
+from classifier_lib.device import autocast_dtype
+from classifier_lib.ema import ModelEMA
+from classifier_lib.engine import Mixer, train, train_size
+from classifier_lib.inference import Predictor
+from classifier_lib.model import ResNet
+from classifier_lib.optim import make_scheduler
+from classifier_lib.predict import recalibrate_bn
 from classifier_lib.runs import new_run_dir
 
 from conftest import tiny_config
@@ -58,12 +65,118 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tiny_data, tmp_path, 
         assert torch.equal(tensor, final_resumed[name]), name
 
 
-def test_resume_from_last_after_a_finished_run_can_extend_training(trained_run, tmp_path):
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_resume_from_last_after_a_finished_run_can_extend_training(tiny_data, tmp_path, scheduler):
+    """--resume last.pt --epochs N (N larger) trains the extra epochs on the schedule of an N-epoch run,
+    joined at the step reached: the learning rate is the longer schedule's, never a restart."""
+    config = tiny_config(tiny_data, **{"train.epochs": 3, "train.scheduler": scheduler})
+    short = train(config, run_dir=tmp_path / "short")
+    longer = train(config.override({"train.epochs": 5}), run_dir=tmp_path / "reference")
+    extended = train(config.override({"train.resume": str(short.last_checkpoint), "train.epochs": 5}))
+    assert extended.run_dir == short.run_dir
+    assert [r["epoch"] for r in extended.history] == [1, 2, 3, 4, 5]
+    assert read_checkpoint(extended.last_checkpoint)["epoch"] == 5
+    assert [r["lr"] for r in extended.history[3:]] == pytest.approx([r["lr"] for r in longer.history[3:]])
+    assert extended.history[-1]["lr"] < extended.history[3]["lr"]  # annealing towards the new end
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(trained_run, tmp_path):
+    result, _ = trained_run
+    config = Config.from_dict(read_checkpoint(result.last_checkpoint)["config"])
+    with pytest.raises(ConfigError, match="already trained 3 epochs"):
+        train(config.override({"train.resume": str(result.last_checkpoint), "train.epochs": 2}), run_dir=tmp_path)
+
+
+def test_resume_of_a_finished_run_with_the_same_epochs_does_nothing(trained_run, tmp_path):
     result, _ = trained_run
     last = result.run_dir / "checkpoints" / "last.pt"
-    config = Config.from_dict(read_checkpoint(last)["config"]).override({"train.resume": str(last), "train.epochs": 3})
+    config = Config.from_dict(read_checkpoint(last)["config"]).override({"train.resume": str(last)})
     again = train(config, run_dir=tmp_path / "copy")
     assert len(again.history) == 3  # nothing left to do: the history is restored, not retrained
+
+
+@pytest.mark.parametrize("epochs", [0, -1])
+def test_zero_or_negative_epochs_are_refused_before_a_run_folder_is_made(tiny_data, tmp_path, epochs):
+    with pytest.raises(ConfigError, match="train.epochs must be at least 1"):
+        train(tiny_config(tiny_data, **{"train.epochs": epochs}), runs_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_progressive_resizing_grows_the_training_size():
+    config = Config().override({"data.min_size": 32, "data.image_size": 96, "train.epochs": 100})
+    sizes = [train_size(config, epoch) for epoch in range(100)]
+    assert sizes[0] == 32 and sizes[-1] == 96 and sizes[75:] == [96] * 25
+    assert sizes == sorted(sizes) and all(size % 16 == 0 for size in sizes)
+    assert set(sizes) == {32, 48, 64, 80, 96}
+    assert {train_size(Config(), e) for e in range(250)} == {Config().data.image_size}  # off by default
+
+
+def test_progressive_training_switches_resolution_and_tests_at_eval_size(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, **{"data.min_size": 16, "data.image_size": 32, "data.eval_size": 48,
+                                       "train.epochs": 4})
+    result = train(config, runs_root=tmp_path)
+    assert [row["image_size"] for row in result.history] == [16, 16, 16, 32]
+    state = read_checkpoint(result.last_checkpoint)
+    assert (state["image_size"], state["eval_size"]) == (48, 48)  # decoded at the largest size needed
+    predictor = Predictor(result.last_checkpoint, device="cpu")
+    assert predictor.preprocess(next((tiny_data / "Test").glob("*.png"))).shape == (3, 48, 48)
+
+
+def test_recalibrated_batchnorm_holds_the_statistics_of_the_given_images():
+    model = ResNet(3, ModelConfig(widths=(8, 16), blocks=(1, 1))).eval()
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    recalibrate_bn(model, images, (0.5,) * 3, (0.25,) * 3, size=48, batch_size=20)  # equal batches: an exact mean
+    inputs = model_input(images, 48, (0.5,) * 3, (0.25,) * 3)
+    stem_out = model.stem[0](inputs)  # what the stem's BatchNorm sees
+    assert torch.allclose(model.stem[1].running_mean, stem_out.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert not model.training
+
+
+def test_final_epoch_recalibrates_batchnorm(tiny_data, tmp_path):
+    on = train(tiny_config(tiny_data, **{"data.eval_size": 48}), runs_root=tmp_path)
+    off = train(tiny_config(tiny_data, **{"data.eval_size": 48, "train.recalibrate_bn": False}), runs_root=tmp_path)
+    mean = "stem.1.running_mean"
+    assert not torch.equal(read_checkpoint(on.last_checkpoint)["model"][mean],
+                           read_checkpoint(off.last_checkpoint)["model"][mean])
+    assert read_checkpoint(on.last_checkpoint)["training_model"][mean].equal(
+        read_checkpoint(off.last_checkpoint)["training_model"][mean])  # the training weights are untouched
+
+
+def test_mixing_gives_soft_labels_and_trains(tiny_data, tmp_path):
+    mixer = Mixer(3, p=1.0, mixup_alpha=0.2, cutmix_alpha=1.0)
+    images, labels = mixer(torch.rand(8, 3, 16, 16), torch.arange(8) % 3, torch.Generator().manual_seed(0))
+    assert labels.shape == (8, 3) and torch.allclose(labels.sum(dim=1), torch.ones(8))
+    assert Mixer(3, p=0.0, mixup_alpha=0.2, cutmix_alpha=1.0)(images, torch.arange(8) % 3, torch.Generator())[1].ndim == 1
+    result = train(tiny_config(tiny_data, **{"train.mix_p": 1.0, "train.epochs": 3}), runs_root=tmp_path)
+    assert all(0 <= row["train_acc"] <= 1 for row in result.history) and result.final_valid_acc > 0.5
+
+
+def test_train_on_all_is_recorded(tiny_data, tmp_path):
+    result = train(tiny_config(tiny_data, **{"data.train_on_all": True, "train.epochs": 1}), runs_root=tmp_path)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["valid_in_training"] is True and metrics["train_images"] == 36 + 18
+
+
+def test_ema_matches_its_formula_without_reading_the_device():
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = ModelEMA(model, decay=0.9)
+    for value in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+    expected = 1.0
+    for n, value in ((1, 2.0), (2, 3.0)):
+        decay = min(0.9, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * value
+    assert ema.updates == 3 and isinstance(ema.updates, int)
+    assert ema.module.weight.flatten().tolist() == pytest.approx([expected, expected])
+
+
+def test_precision_choices_on_the_cpu():
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
+    with pytest.raises(ConfigError, match="fp16 autocast needs CUDA"):
+        autocast_dtype("fp16", cpu)
 
 
 @pytest.mark.parametrize("name", ["onecycle", "cosine", "lambda", "none"])

@@ -1,26 +1,35 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from classifier_lib import cli
+from classifier_lib.checkpoint import CheckpointError
 from classifier_lib.data import find_splits
 from classifier_lib.evaluation import evaluate_checkpoint
 from classifier_lib.inference import Predictor, write_submission
 
 
 def test_predictions_are_deterministic(trained_run):
-    """Dropout and BatchNorm must be in eval mode: the same image gives the same answer every time."""
+    """BatchNorm (and any dropout) must be in eval mode: an image's answer cannot depend on the batch.
+
+    In train mode BatchNorm normalises with the batch's own statistics, so the same image alone and
+    inside a batch of other images would get different probabilities.
+    """
     result, data_dir = trained_run
-    predictor = Predictor(result.best_checkpoint, device="cpu")
+    predictor = Predictor(result.best_checkpoint, device="cpu", precision="fp32")
+    predictor.model.train()  # whatever mode the model was left in, prediction must use eval mode
     image = next((data_dir / "Valid" / "cat").iterdir())
     first = predictor.predict(image)
     for _ in range(3):
         assert predictor.predict(image) == first
-    batch = torch.stack([predictor.preprocess(image)] * 4)
-    probs = predictor.probabilities(batch)
-    assert torch.allclose(probs, probs[0].expand_as(probs))
+    others = [predictor.preprocess(p) for p in sorted((data_dir / "Valid" / "dog").iterdir())[:3]]
+    batch = torch.stack([predictor.preprocess(image), *others])
+    in_batch = predictor.probabilities(batch)[0]
+    alone = torch.tensor([first.probabilities[name] for name in predictor.class_names])
+    assert torch.allclose(in_batch, alone, atol=1e-6)
     assert first.label == "cat"
     assert sum(first.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
@@ -32,15 +41,32 @@ def test_predict_from_bytes_matches_predict_from_path(trained_run):
     assert predictor.predict(image.read_bytes()) == predictor.predict(image)
 
 
-def test_preprocessing_matches_training(trained_run):
-    """Inference decodes exactly as the training cache did."""
+def test_preprocessing_matches_an_independent_reference_and_the_training_cache(trained_run, tmp_path):
+    """Inference decodes as a plain PIL pipeline would (shorter side to S, centre crop, bilinear),
+    and exactly as the training cache did."""
+    from PIL import Image, ImageOps
+
     from classifier_lib.data import load_split
 
     result, data_dir = trained_run
     predictor = Predictor(result.best_checkpoint, device="cpu")
+    size = predictor.image_size
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 80, 3), dtype=np.uint8)).save(photo)
+    reference = np.asarray(ImageOps.fit(Image.open(photo).convert("RGB"), (size, size), Image.Resampling.BILINEAR))
+    assert np.array_equal(predictor.preprocess(photo).permute(1, 2, 0).numpy(), reference)
     splits = find_splits(data_dir)
-    valid = load_split(splits.valid, splits.class_names, predictor.image_size)
-    assert torch.equal(predictor.preprocess(valid.paths[0]), valid.images[0])
+    valid = load_split(splits.valid, splits.class_names, size).data
+    for index in (0, len(valid) - 1):
+        assert torch.equal(predictor.preprocess(valid.paths[index]), valid.images[index])
+
+
+def test_validation_during_training_and_evaluation_agree(trained_run):
+    """The last epoch's validation accuracy is what `evaluate` reports for last.pt: one prediction path."""
+    result, data_dir = trained_run
+    evaluation = evaluate_checkpoint(result.last_checkpoint, data_dir, device="cpu")
+    assert evaluation.accuracy == pytest.approx(result.final_valid_acc, abs=1e-6)
 
 
 def test_submission_over_nested_test_folder(trained_run, tmp_path):
@@ -94,3 +120,81 @@ def test_cli_missing_data_dir_is_a_clear_message(tmp_path, capsys):
     assert cli.main(["train", "--data-dir", str(tmp_path / "missing"), "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "expected DATA_DIR/Train/<class>" in err
+
+
+def test_submission_ids_never_become_spreadsheet_formulas(tmp_path):
+    from classifier_lib.inference import FolderPredictions
+
+    ids = ["=cmd|' /C calc'!A0.jpg", "+1.jpg", "-2.jpg", "@sum.jpg", "plain.jpg"]
+    predictions = FolderPredictions(ids, torch.eye(3)[[0, 1, 2, 0, 1]], ["cat", "dog", "panda"], [])
+    csv_path, probs_path = write_submission(predictions, tmp_path / "sub.csv")
+    for path in (csv_path, probs_path):
+        written = [row[0] for row in csv.reader(path.open())][1:]
+        assert written == ["'=cmd|' /C calc'!A0.jpg", "'+1.jpg", "'-2.jpg", "'@sum.jpg", "plain.jpg"]
+
+
+def test_a_folder_of_only_unreadable_images_is_a_clear_error(trained_run, tmp_path):
+    from classifier_lib.data import DataLayoutError
+
+    result, _ = trained_run
+    (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "b.png").write_bytes(b"")
+    with pytest.raises(DataLayoutError, match="none of the 2 image files .* could be read"):
+        Predictor(result.best_checkpoint, device="cpu").predict_folder(tmp_path)
+
+
+def test_evaluation_says_which_split_and_what_chose_the_checkpoint(trained_run):
+    result, data_dir = trained_run
+    best = evaluate_checkpoint(result.best_checkpoint, data_dir, device="cpu")
+    last = evaluate_checkpoint(result.last_checkpoint, data_dir, device="cpu")
+    assert best.split.endswith("Valid") and f"epoch {result.best_epoch} scored best" in best.chosen_on and "optimistic" in best.caveat
+    assert "last epoch" in last.chosen_on and last.caveat == ""
+    assert "training images" in evaluate_checkpoint(result.last_checkpoint, data_dir, "train", "cpu").caveat
+
+
+def test_cli_unexpected_errors_keep_their_traceback(tiny_data, monkeypatch, capsys):
+    """A bug is not a user error: it must not shrink to one line (CUDA out-of-memory, a RuntimeError...)."""
+    def broken(args):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "cmd_predict", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cli.main(["predict", "some.pt", "image.jpg"])
+
+
+def test_cli_expected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: checkpoint {tmp_path} is a folder; give a checkpoint file "
+                                               f"in it, e.g. {tmp_path / 'last.pt'}")
+    with pytest.raises(CheckpointError):
+        cli.main(["--debug", "evaluate", str(tmp_path)])
+
+
+def test_cli_refuses_zero_epochs_without_making_a_run_folder(tiny_data, tmp_path, capsys):
+    assert cli.main(["train", "--data-dir", str(tiny_data), "--runs-dir", str(tmp_path / "runs"), "--epochs", "0"]) == 2
+    assert "train.epochs must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_evaluate_on_the_held_out_part_of_train_without_valid(tmp_path, capsys):
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data", per_class=(10, 0), valid=False)
+    assert cli.main(["train", "--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--epochs", "1",
+                     "--image-size", "32", "--set", "model.widths", "8,16", "--set", "model.blocks", "1,1"]) == 0
+    last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.pt"
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(last), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 6 and "held out" in report["split"]
+    assert cli.main(["evaluate", str(last), "--split", "train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 24
+
+
+def test_clear_cache_command(tiny_data, tmp_path, capsys):
+    from classifier_lib.data import load_data
+    from classifier_lib.config import DataConfig
+
+    load_data(DataConfig(data_dir=str(tiny_data), image_size=16))
+    assert cli.main(["clear-cache"]) == 0
+    assert "removed 2 cache files" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from classifier_lib.config import ModelConfig
+from classifier_lib.config import ConfigError, ModelConfig
 from classifier_lib.model import ResNet, count_parameters, flops_per_image, summary
 
 
@@ -14,7 +14,18 @@ def test_any_input_size_from_32_px(size):
 def test_default_widths_and_residual_structure():
     model = ResNet(3)
     assert [stage[0].body[0].out_channels for stage in model.stages] == [32, 64, 128, 256]
-    assert all(hasattr(block, "shortcut") for stage in model.stages for block in stage)
+    for index, stage in enumerate(model.stages):
+        first, rest = stage[0], list(stage)[1:]
+        if index == 0:  # same width and resolution: the identity shortcut
+            assert isinstance(first.shortcut, torch.nn.Identity)
+        else:  # a strided 1x1 projection where the stage halves the resolution and widens
+            conv = first.shortcut[0]
+            assert isinstance(conv, torch.nn.Conv2d) and conv.stride == (2, 2) and conv.kernel_size == (1, 1)
+        assert all(isinstance(block.shortcut, torch.nn.Identity) for block in rest)
+    block = model.stages[1][0].eval()
+    x = torch.randn(1, 32, 16, 16)
+    with torch.no_grad():  # the residual really is added: output = relu(body(x) + shortcut(x))
+        assert torch.allclose(block(x), torch.relu(block.body(x) + block.shortcut(x)))
 
 
 def test_dropout_after_the_two_deepest_stages_and_in_the_head():
@@ -32,5 +43,10 @@ def test_parameter_and_flop_counts():
 
 
 def test_mismatched_config_is_a_clear_error():
-    with pytest.raises(ValueError, match="differ in length"):
+    with pytest.raises(ConfigError, match="differ in length"):
         ResNet(3, ModelConfig(widths=(8, 16), blocks=(1,)))
+
+
+def test_default_config_is_not_shared_between_models():
+    first, second = ResNet(3), ResNet(3)
+    assert first.config == second.config and first.config is not second.config

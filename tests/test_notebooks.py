@@ -1,4 +1,5 @@
 """The committed notebooks: clean, parameterised, and runnable end to end by the pipeline."""
+import json
 import re
 from datetime import datetime, timezone
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from classifier_lib.pipeline import PIPELINE, PipelineError, check_parameters, run_pipeline, select_steps
 from classifier_lib.widgets import ImageTester
 
-from conftest import REAL_DATA, needs_real_data
+from conftest import REAL_DATA, make_dataset, needs_real_data
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_step_selection():
 def test_image_tester_predicts_an_uploaded_image(trained_run):
     result, data_dir = trained_run
     tester = ImageTester(runs_root=result.run_dir.parent, data_dir=data_dir)
-    assert tester.checkpoint.value.endswith("best.pt")
+    assert tester.checkpoint.value.endswith("last.pt")  # not chosen on Valid: the default
     image = next((data_dir / "Valid" / "panda").iterdir())
     tester.upload.value = ({"name": image.name, "type": "image/png", "size": image.stat().st_size,
                             "content": memoryview(image.read_bytes()),
@@ -101,12 +102,38 @@ def test_quick_pipeline_on_real_data(quick_pipeline):
 
 @needs_real_data
 @pytest.mark.slow
-def test_rerun_from_a_step_reuses_the_run(quick_pipeline):
-    run_dir, reports = quick_pipeline
-    before = (run_dir / "checkpoints" / "best.pt").stat().st_mtime_ns
-    run_pipeline(REAL_DATA, run_dir=run_dir, steps=select_steps(start_from="05"),
-                 runs_root=run_dir.parent, reports_root=reports.parent)
-    assert (run_dir / "checkpoints" / "best.pt").stat().st_mtime_ns == before
+def test_quick_run_learns_something(quick_pipeline):
+    """A smoke run still shows a model that learned: not one class for everything."""
+    run_dir, _ = quick_pipeline
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["accuracy"] >= 0.6, evaluation["accuracy"]
+    labels = {line.split(",")[1] for line in (run_dir / "submission.csv").read_text().splitlines()[1:]}
+    assert labels == {"cat", "dog", "panda"}
+
+
+def test_fast_pipeline_on_a_generated_folder_without_valid(tmp_path):
+    """The whole pipeline on tiny generated data with no Valid folder: evaluation and activations use
+    the part of Train that training held out; a partial re-run really re-runs its steps."""
+    data = make_dataset(tmp_path / "data", per_class=(12, 0), valid=False)
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    run_dir = run_pipeline(data, {"epochs": 2, "image_size": 32}, runs_root=runs, reports_root=reports)
+    for name in PIPELINE:
+        page = (reports / run_dir.name / f"{name}.html").read_text()
+        assert "data:image/png;base64" in page and "Traceback" not in page, name
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["images"] == 6 and "held out" in evaluation["split"]  # round(20 % of 12) = 2 per class
+    assert "held out" in (reports / run_dir.name / "04_activations.html").read_text()
+    assert len((run_dir / "submission.csv").read_text().splitlines()) == 1 + 6
+
+    checkpoint = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
+    report = reports / run_dir.name / "03_evaluation.html"
+    before = report.stat().st_mtime_ns
+    (run_dir / "evaluation.json").unlink()
+    run_pipeline(data, run_dir=run_dir, steps=select_steps(start_from="03"), runs_root=runs, reports_root=reports)
+    assert (run_dir / "evaluation.json").exists() and report.stat().st_mtime_ns > before  # re-ran
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == checkpoint  # training did not
+    invocations = json.loads((run_dir / "pipeline.json").read_text())["invocations"]
+    assert [inv["steps"][0] for inv in invocations] == ["01_data_stats", "03_evaluation"]
 
 
 @needs_real_data
@@ -139,10 +166,14 @@ def test_failing_notebook_names_the_cell_and_keeps_a_partial_report(tmp_path):
     ])
     broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(broken, notebooks / "01_data_stats.ipynb")
-    # cell [4] as numbered in the executed notebook: papermill inserts the injected-parameters cell
-    with pytest.raises(PipelineError, match=r"01_data_stats failed in cell \[4\]: ValueError: deliberate failure"):
+    with pytest.raises(PipelineError) as failure:
         run_pipeline(tmp_path, steps=["01_data_stats"], runs_root=tmp_path / "runs",
                      reports_root=tmp_path / "reports", notebooks_dir=notebooks)
+    executed = nbformat.read(tmp_path / "runs" / "version_0" / "notebooks" / "01_data_stats.ipynb", as_version=4)
+    failed = [c for c in executed.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failed) == 1 and "deliberate" in failed[0].source  # the cell the message must name
+    assert f"01_data_stats failed in cell [{failed[0].execution_count}]: ValueError: deliberate failure" in str(
+        failure.value)
     partial = (tmp_path / "reports" / "version_0" / "01_data_stats.html").read_text()
     assert "fine so far" in partial and "deliberate failure" in partial
 
@@ -180,3 +211,34 @@ def test_image_tester_notebook_executes(trained_run, tmp_path):
                                cwd=str(source.parent))
     outputs = [o for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_image_tester_escapes_names_from_a_crafted_checkpoint(trained_run, tmp_path):
+    """Class names come from the checkpoint file: shown as text, never run as markup in JupyterLab."""
+    import torch
+
+    result, data_dir = trained_run
+    state = torch.load(result.last_checkpoint, weights_only=True)
+    evil = "<img src=x onerror=alert(1)>"
+    state["class_names"] = [evil, "dog", "panda"]
+    crafted = tmp_path / "runs" / "version_0" / "checkpoints" / "last.pt"
+    crafted.parent.mkdir(parents=True)
+    torch.save(state, crafted)
+    tester = ImageTester(runs_root=tmp_path / "runs")
+    assert evil not in tester.result.value and "&lt;img src=x onerror=alert(1)&gt;" in tester.result.value
+    tester.show(next((data_dir / "Valid" / "cat").iterdir()))
+    assert "<img" not in tester.result.value
+    assert tester.last_prediction.label != evil or "&lt;img" in tester.result.value
+
+
+def test_report_index_escapes_run_names(tmp_path):
+    from classifier_lib.pipeline import write_index
+
+    run = tmp_path / "runs" / "version_0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"final_valid_acc": 0.5, "best_valid_acc": 0.75, "epochs_done": 2}')
+    (tmp_path / "reports" / "version_0").mkdir(parents=True)
+    (tmp_path / "reports" / "version_0" / "<img src=x onerror=alert(1)>.html").write_text("page")
+    page = write_index(tmp_path / "runs", tmp_path / "reports").read_text()
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "0.5000" in page and "0.7500" in page

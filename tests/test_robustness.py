@@ -45,20 +45,41 @@ def test_truncated_jpeg_is_refused(tmp_path):
         load_image(truncated, 32)
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "1"])
-def test_colour_modes_become_rgb(tmp_path, mode):
+ORANGE = (220, 120, 30)
+
+
+@pytest.mark.parametrize("mode, expected, tolerance", [
+    ("RGB", ORANGE, 2),
+    ("P", ORANGE, 12),  # a palette keeps the colour up to quantisation
+    ("RGBA", ORANGE, 2),  # opaque alpha: the colour itself
+    ("CMYK", ORANGE, 12),  # JPEG in CMYK: the same colour back in RGB
+    ("L", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 2),  # greyscale: luminance in all three channels
+    ("LA", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 2),
+    ("1", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 8),  # 1-bit: dithered black and white, same mean
+])
+def test_colour_modes_become_the_right_rgb_colours(tmp_path, mode, expected, tolerance):
     suffix = ".jpg" if mode == "CMYK" else ".png"
-    path = make_image(tmp_path / f"image{suffix}", (120, 80, 40), mode="RGB")
-    image = Image.open(path)
-    if mode == "I;16":
-        image = Image.fromarray((np.asarray(image.convert("L"), dtype=np.uint16) * 257))
-    else:
-        image = image.convert(mode)
-    image.save(path)
-    tensor = load_image(path, 24)
-    assert tensor.shape == (3, 24, 24) and tensor.dtype == torch.uint8
-    if mode == "I;16":  # 16-bit values are scaled down, not clipped to white
-        assert 20 < tensor.float().mean() < 235
+    path = tmp_path / f"image{suffix}"
+    Image.new("RGB", (30, 20), ORANGE).convert(mode).save(path, **({"quality": 100} if suffix == ".jpg" else {}))
+    tensor = load_image(path, 16)
+    assert tensor.shape == (3, 16, 16) and tensor.dtype == torch.uint8
+    colour = tensor.float().mean(dim=(1, 2))
+    assert torch.allclose(colour, torch.tensor(expected, dtype=torch.float), atol=tolerance), colour
+
+
+def test_half_transparent_pixels_are_blended_over_white(tmp_path):
+    path = tmp_path / "half.png"
+    Image.new("RGBA", (20, 20), (0, 0, 0, 128)).save(path)  # black at 50 % opacity
+    assert torch.allclose(load_image(path, 8).float().mean(dim=(1, 2)), torch.full((3,), 127.0), atol=1.5)
+
+
+@pytest.mark.parametrize("value, expected", [(257 * 200, 200), (100, 0), (65535, 255)])
+def test_16_bit_greyscale_is_scaled_from_its_full_range(tmp_path, value, expected):
+    """A dark 16-bit image (all values <= 255) stays dark instead of being read as 8-bit."""
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((12, 12), value, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode == "I;16"
+    assert load_image(path, 8).unique().tolist() == [expected]
 
 
 def test_transparent_png_is_laid_over_white(tmp_path):

@@ -1,0 +1,53 @@
+"""Logits for a batch of decoded images, in eval mode, with test-time augmentation.
+
+This is the one path from cached or freshly decoded uint8 images to model outputs: validation
+during training, `evaluate`, `predict`, `submit`, the notebooks and the image tester all use it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
+from tqdm.auto import tqdm
+
+from .augment import model_input
+from .device import autocast
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, mean, std, size: int | None = None, batch_size: int = 256,
+    device: torch.device | None = None, dtype: torch.dtype | None = None, flip: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) for a uint8 N x 3 x S x S tensor resized to `size` (default: S).
+
+    With `flip`, the logits of each image and its mirror image are averaged (test-time augmentation).
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in tqdm(range(0, len(images), batch_size), desc="predicting", leave=False, disable=not progress):
+        batch = model_input(images[start : start + batch_size].to(device), size, mean, std, channels_last=True)
+        with autocast(device, dtype):
+            logits = model(batch).float()
+            if flip:
+                logits = (logits + model(batch.flip(dims=[3])).float()) / 2
+        outputs.append(logits.cpu())
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, mean, std, size: int | None = None,
+                   device: torch.device | None = None, dtype: torch.dtype | None = None, batch_size: int = 256) -> None:
+    """Recompute `model`'s BatchNorm statistics from scratch on uint8 `images` resized to `size`.
+
+    Training batches are augmented and (with FixRes) smaller than test images; statistics measured on
+    un-augmented images at the test size match what the model sees at prediction time.
+    """
+    device = device or next(model.parameters()).device
+    inputs = (model_input(images[i : i + batch_size].to(device), size, mean, std, channels_last=True)
+              for i in range(0, len(images), batch_size))
+    with autocast(device, dtype):
+        update_bn(inputs, model)
