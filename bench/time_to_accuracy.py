@@ -28,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.checkpoint import load_model  # noqa: E402
-from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data import load_data  # noqa: E402
 from classifier_lib.device import autocast_dtype  # noqa: E402
 from classifier_lib.engine import train  # noqa: E402

@@ -26,8 +26,8 @@ from classifier_lib.augment import BatchAugment, normalize  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data import find_splits, load_split  # noqa: E402
 from classifier_lib.device import autocast, usable_cpus  # noqa: E402
-from classifier_lib.optim import make_optimizer  # noqa: E402
 from classifier_lib.model import ResNet, flops_per_image  # noqa: E402
+from classifier_lib.optim import make_optimizer  # noqa: E402
 
 SEED_SIZE, OUR_SIZE, BATCH = 238, Config().data.image_size, 64
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-o", "--output", default="submission.csv")
     for sub in (evaluate, predict, submit):
         sub.add_argument("--device", default="auto")
-    clear = commands.add_parser("clear-cache", help="delete the decoded-image cache (~/.cache/classifier_lib)")
+    commands.add_parser("clear-cache", help="delete the decoded-image cache (~/.cache/classifier_lib)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     return parser
 

@@ -63,7 +63,7 @@ class DataConfig:
 class ModelConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)
     blocks: tuple[int, ...] = (1, 1, 2, 1)
-    stem_stride: int = 2
+    stem_stride: int = 2  # 4: a 4x4 patchify stem, for large images at the cost of small ones
     block_dropout: float = 0.0  # Dropout2d after the blocks of the two deepest stages
     head_dropout: float = 0.0
 

@@ -1,16 +1,9 @@
-"""The training engine: train/validate epochs, checkpoints, TensorBoard, resume.
+"""The training loop: `train(config)` is the whole job.
 
-`train(config)` is the whole job: it loads the data, builds the model, trains for
-`config.train.epochs` epochs in a new `runs/version_N` folder (or continues the run a resume
-checkpoint belongs to) and returns a `TrainResult`.
-
-Every epoch draws its randomness (shuffling, augmentation, mixing, dropout) from a seed derived
-from `(system.seed, epoch)`, so a run resumed after epoch k repeats epochs k+1... exactly as the
-uninterrupted run would (on the CPU, where kernels are deterministic).
-
-On CUDA the step never waits for the GPU: losses and accuracies are summed on the device and read
-once per epoch (plus a progress-bar figure every few dozen steps); only fp16 with its gradient
-scaler reads the scale each step, so that a skipped step advances neither the schedule nor the EMA.
+It loads the data, builds a `Trainer`, trains for `config.train.epochs` epochs in a new
+`runs/version_N` folder (or continues the run a resume checkpoint belongs to), and after every
+epoch writes last.pt (and best.pt when validation accuracy improved), TensorBoard scalars,
+`metrics.json` and one log line; Ctrl-C keeps the last finished epoch and prints how to resume.
 """
 from __future__ import annotations
 
@@ -22,32 +15,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from torch.utils.tensorboard import SummaryWriter
-from torchmetrics.functional.classification import multiclass_accuracy
-from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .augment import BatchAugment, normalize, resize
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .config import Config, ConfigError
-from .data import CachedImages, DataBundle, load_data
-from .device import autocast, autocast_dtype, resolve_device, seed_everything
-from .ema import ModelEMA
-from .model import ResNet, count_parameters, flops_per_image
-from .optim import fast_forward, make_optimizer, make_scheduler
-from .predict import predict_logits, recalibrate_bn
-from .progress import batch_bars_wanted, progress_bar_wanted
+from .checkpoint import read_checkpoint
+from .config import Config
+from .data import DataBundle, load_data
+from .model import count_parameters
+from .progress import progress_bar_wanted
 from .runs import new_run_dir
-
-PROGRESSIVE_END = 0.75  # progressive resizing reaches the full image size at 75 % of the epochs
-SIZE_STEP = 16  # training sizes are multiples of the network's total stride
-BAR_EVERY = 25  # steps between progress-bar loss updates (each one waits for the device)
+from .trainer import Trainer, setup_system
 
 
 @dataclass
@@ -69,217 +47,6 @@ class TrainResult:
     @property
     def final_valid_acc(self) -> float:
         return self.history[-1]["valid_acc"] if self.history else math.nan
-
-
-def setup_system(config: Config) -> torch.device:
-    """Seed everything, set threads and determinism; return the device to train on."""
-    system = config.system
-    if system.threads:
-        torch.set_num_threads(system.threads)
-    seed_everything(system.seed)
-    torch.use_deterministic_algorithms(system.deterministic, warn_only=True)
-    device = resolve_device(system.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not system.deterministic
-    return device
-
-
-def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
-    """A DataLoader yielding whole batches straight from the in-memory tensors.
-
-    With a generator the order is shuffled and the last incomplete batch dropped (training);
-    without one the order is kept and every sample is seen (evaluation).
-    """
-    if generator is not None:
-        sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=len(dataset) > batch_size)
-    else:
-        sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
-    return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=device.type == "cuda")
-
-
-def train_size(config: Config, epoch: int) -> int:
-    """The training resolution of `epoch` (0-based): with progressive resizing it grows linearly from
-    `data.min_size` to `data.image_size` over the first 75 % of the epochs, in steps of 16 px."""
-    data, epochs = config.data, config.train.epochs
-    if not data.min_size or data.min_size >= data.image_size:
-        return data.image_size
-    progress = min(1.0, epoch / max(1.0, PROGRESSIVE_END * epochs))
-    size = data.min_size + progress * (data.image_size - data.min_size)
-    return min(data.image_size, max(data.min_size, int(size) // SIZE_STEP * SIZE_STEP))
-
-
-class Mixer:
-    """CutMix or MixUp (torchvision's, half each) on a `p` share of the batches; labels become soft."""
-
-    def __init__(self, num_classes: int, p: float, mixup_alpha: float, cutmix_alpha: float):
-        self.p = p
-        self.mix = v2.RandomChoice([v2.CutMix(num_classes=num_classes, alpha=cutmix_alpha),
-                                    v2.MixUp(num_classes=num_classes, alpha=mixup_alpha)])
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-        if torch.rand((), generator=generator) < self.p:
-            return self.mix(images, labels)
-        return images, labels
-
-
-class Trainer:
-    """Holds the model, optimizer, schedule and data of one run and trains it epoch by epoch."""
-
-    def __init__(self, config: Config, data: DataBundle, run_dir: Path, device: torch.device):
-        self.config, self.data, self.run_dir, self.device = config, data, run_dir, device
-        self.dtype = autocast_dtype(config.train.precision, device)
-        torch.manual_seed(config.system.seed)  # the same initial weights whatever loading the data consumed
-        self.model = ResNet(len(data.class_names), config.model).to(device)
-        if config.train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, config)
-        self.steps_per_epoch = len(batches(data.train, config.data.batch_size, device, torch.Generator()))
-        self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
-        self.augment = BatchAugment.from_config(config.data) if config.data.augment else None
-        self.num_classes = len(data.class_names)
-        train = config.train
-        self.mixer = Mixer(self.num_classes, train.mix_p, train.mixup_alpha, train.cutmix_alpha) if train.mix_p else None
-        self.flops_per_image = flops_per_image(self.model, config.data.image_size)
-        self.ema = ModelEMA(self.model, train.ema_decay) if train.ema_decay else None
-        self.epoch = 0
-        self.history: list[dict[str, float]] = []
-        self.best_valid_acc, self.best_epoch = -1.0, 0
-
-    # --- one epoch ---------------------------------------------------------------------------
-    def train_epoch(self) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(self.epoch_seed())
-        torch.manual_seed(self.epoch_seed())  # dropout, CutMix / MixUp
-        self.model.train()
-        size = train_size(self.config, self.epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        loader = batches(self.data.train, self.config.data.batch_size, self.device, generator)
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", leave=False,
-                   disable=not batch_bars_wanted())
-        for step, (images, labels) in enumerate(bar):
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            loss, logits, labels = self.train_step(images, labels, size, generator)
-            if loss is None:  # fp16 overflow: the gradient scaler skipped this step
-                continue
-            loss_sum += loss.detach() * len(labels)
-            hard = labels.argmax(dim=1) if labels.ndim == 2 else labels
-            correct += (logits.detach().argmax(dim=1) == hard).sum()
-            seen += len(labels)
-            if step % BAR_EVERY == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        train_loss = (loss_sum / max(seen, 1)).item()
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"training loss became {train_loss} in epoch {self.epoch + 1}; lower the learning rate "
-                f"(now {self.config.train.lr}) or use --precision fp32"
-            )
-        return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1), "image_size": size}
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, size: int, generator: torch.Generator):
-        """One optimiser step; returns (loss, logits, targets), or Nones when fp16 skipped the step."""
-        images = self.augment(images, generator, size) if self.augment else resize(images.float().div_(255.0), size)
-        if self.mixer is not None:
-            images, labels = self.mixer(images, labels, generator)
-        inputs = normalize(images, self.data.mean, self.data.std, self.config.train.channels_last)
-        with autocast(self.device, self.dtype):
-            logits = self.model(inputs)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.train.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        if self.scaler.is_enabled():
-            scale = self.scaler.get_scale()
-            self.scaler.update()
-            if self.scaler.get_scale() < scale:  # inf/NaN gradients: the step was skipped
-                return None, None, None
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        return loss, logits, labels
-
-    @torch.no_grad()
-    def validate(self, final: bool = False) -> dict[str, float]:
-        """Validation loss and accuracy of the evaluated model at the test size; after the last epoch
-        the BatchNorm statistics are first recomputed at that size (`train.recalibrate_bn`)."""
-        data = self.config.data
-        if final and self.config.train.recalibrate_bn:
-            recalibrate_bn(self.evaluated_model, self.data.train.images, self.data.mean, self.data.std,
-                           data.test_size, self.device, self.dtype)
-        logits = predict_logits(self.evaluated_model, self.data.valid.images, self.data.mean, self.data.std,
-                                size=data.test_size, device=self.device, dtype=self.dtype, flip=data.flip_tta)
-        labels = self.data.valid.labels
-        accuracy = multiclass_accuracy(logits, labels, self.num_classes, average="micro")
-        return {"valid_loss": F.cross_entropy(logits, labels).item(), "valid_acc": accuracy.item()}
-
-    @property
-    def evaluated_model(self) -> nn.Module:
-        """The weights that are validated and saved for inference: the EMA when there is one."""
-        return self.ema.module if self.ema is not None else self.model
-
-    def epoch_seed(self) -> int:
-        return self.config.system.seed * 100_003 + self.epoch
-
-    # --- state -------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds: for inference and for resuming."""
-        data = self.config.data
-        return {
-            "model": self.evaluated_model.state_dict(),
-            # with an EMA, "model" holds the averaged weights; keep the raw ones and the count to resume
-            **({"training_model": self.model.state_dict(), "ema_updates": self.ema.updates}
-               if self.ema is not None else {}),
-            "class_names": self.data.class_names,
-            "mean": list(self.data.mean),
-            "std": list(self.data.std),
-            "image_size": data.decode_size,  # what images are decoded to (load_image's size)
-            "eval_size": data.test_size,  # what the model sees at test time
-            "config": self.config.to_dict(),
-            "epoch": self.epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "history": json.dumps(self.history),
-            "best_valid_acc": self.best_valid_acc,
-            "best_epoch": self.best_epoch,
-        }
-
-    def load_state(self, state: dict[str, Any], source: str) -> None:
-        if list(state["class_names"]) != self.data.class_names:
-            raise CheckpointError(
-                f"{source} was trained on classes {state['class_names']}, the data has {self.data.class_names}"
-            )
-        done, planned = int(state["epoch"]), self.config.train.epochs
-        if done > planned:
-            raise ConfigError(f"{source} has already trained {done} epochs; ask for more than that with --epochs")
-        try:
-            self.model.load_state_dict(state.get("training_model", state["model"]))
-            if self.ema is not None and "ema_updates" in state:  # else the average restarts from these weights
-                self.ema.module.load_state_dict(state["model"])
-                self.ema.updates = int(state["ema_updates"])
-        except RuntimeError as error:
-            raise CheckpointError(f"{source}: its weights do not fit this model config: {str(error).splitlines()[0]}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["config"]["train"]["epochs"] == planned:
-            self.scheduler.load_state_dict(state["scheduler"])
-        else:  # a longer run: the schedule for the new epoch count, joined at the step reached
-            for group in self.optimizer.param_groups:  # a fresh schedule starts from the base rate
-                group["lr"] = self.config.train.lr
-                group.pop("initial_lr", None)
-            self.scheduler = make_scheduler(self.optimizer, self.config, self.steps_per_epoch)
-            fast_forward(self.scheduler, done * self.steps_per_epoch)
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch = done
-        self.history = json.loads(state["history"])
-        self.best_valid_acc, self.best_epoch = float(state["best_valid_acc"]), int(state["best_epoch"])
-
-    def save(self, name: str, selected_on_valid: bool = False) -> Path:
-        """Write a checkpoint; `selected_on_valid` marks one picked for its validation accuracy (best.pt)."""
-        path = self.run_dir / "checkpoints" / name
-        save_checkpoint(path, self.state() | {"selected_on_valid": selected_on_valid})
-        return path
 
 
 def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | None = None,

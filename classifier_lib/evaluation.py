@@ -62,7 +62,8 @@ class Evaluation:
 
     def summary(self) -> dict:
         return {"accuracy": self.accuracy, "images": len(self.labels),
-                "errors": int((self.predictions != self.labels).sum()), "split": self.split, "checkpoint_chosen_on": self.chosen_on, "caveat": self.caveat}
+                "errors": int((self.predictions != self.labels).sum()), "split": self.split,
+                "checkpoint_chosen_on": self.chosen_on, "caveat": self.caveat}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None, split: str = "valid",

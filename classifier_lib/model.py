@@ -43,8 +43,11 @@ class ResNet(nn.Module):
             raise ConfigError(f"model widths {config.widths} and blocks {config.blocks} differ in length")
         self.config = config
         widths = config.widths
+        stride = config.stem_stride
+        # Up to stride 2 a 3x3 kernel; beyond, a patchify kernel as large as the stride, so no pixel is skipped.
+        kernel = 3 if stride <= 2 else stride
         self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, config.stem_stride, 1, bias=False),
+            nn.Conv2d(3, widths[0], kernel, stride, kernel // 2 if kernel == 3 else 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         )

@@ -134,10 +134,12 @@ def render_html(notebook: Path, target: Path) -> Path | None:
 INDEX_TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>classifier runs</title>
 <style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;border-bottom:1px solid #ddd}</style>
 </head><body><h1>Runs</h1><table>
-<tr><th>run</th><th>date</th><th>final valid acc</th><th>best valid acc</th><th>epochs</th><th>evaluated acc</th><th>reports</th></tr>
-{% for row in rows %}<tr><td>{{ row.name }}</td><td>{{ row.date }}</td><td>{{ row.final }}</td><td>{{ row.best }}</td>
-<td>{{ row.epochs }}</td><td>{{ row.evaluated }}</td>
-<td>{% for page in row.pages %}<a href="{{ row.name }}/{{ page }}.html">{{ page }}</a> {% else %}(no reports){% endfor %}</td></tr>
+<tr><th>run</th><th>date</th><th>final valid acc</th><th>best valid acc</th><th>epochs</th>
+<th>evaluated acc</th><th>reports</th></tr>
+{% for row in rows %}<tr><td>{{ row.name }}</td><td>{{ row.date }}</td><td>{{ row.final }}</td>
+<td>{{ row.best }}</td><td>{{ row.epochs }}</td><td>{{ row.evaluated }}</td>
+<td>{% for page in row.pages %}<a href="{{ row.name }}/{{ page }}.html">{{ page }}</a>
+{% else %}(no reports){% endfor %}</td></tr>
 {% endfor %}</table></body></html>
 """
 

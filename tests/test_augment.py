@@ -1,8 +1,8 @@
 import torch
 
 from classifier_lib.augment import BatchAugment, normalize
-from classifier_lib.predict import predict_logits
 from classifier_lib.model import ResNet
+from classifier_lib.predict import predict_logits
 
 
 def test_batch_augment_is_seeded_per_sample_and_in_range():

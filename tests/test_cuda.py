@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
+from conftest import needs_cuda, tiny_config
 
 from classifier_lib.data import load_data
-from classifier_lib.engine import Trainer, train
+from classifier_lib.engine import train
 from classifier_lib.inference import Predictor
-
-from conftest import needs_cuda, tiny_config
+from classifier_lib.trainer import Trainer
 
 pytestmark = [pytest.mark.cuda, needs_cuda]
 

@@ -6,12 +6,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_dataset, make_image
 
 from classifier_lib.config import DataConfig
-from classifier_lib.data import (DataLayoutError, FlatImageDataset, channel_stats, clear_cache, find_splits, load_data,
-                                 load_held_out, load_split, stratified_split)
-
-from conftest import make_dataset, make_image
+from classifier_lib.data import (
+    DataLayoutError,
+    FlatImageDataset,
+    channel_stats,
+    clear_cache,
+    find_splits,
+    load_data,
+    load_held_out,
+    load_split,
+    stratified_split,
+)
 
 
 def test_finds_splits_and_classes(tiny_data):

@@ -4,20 +4,20 @@ import threading
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from classifier_lib.augment import model_input
 from classifier_lib.checkpoint import load_model, read_checkpoint
 from classifier_lib.config import Config, ConfigError, ModelConfig
 from classifier_lib.device import autocast_dtype
 from classifier_lib.ema import ModelEMA
-from classifier_lib.engine import Mixer, train, train_size
+from classifier_lib.engine import train
 from classifier_lib.inference import Predictor
 from classifier_lib.model import ResNet
 from classifier_lib.optim import make_scheduler
 from classifier_lib.predict import recalibrate_bn
 from classifier_lib.runs import new_run_dir
-
-from conftest import tiny_config
+from classifier_lib.trainer import Mixer, train_size
 
 
 def test_training_writes_a_complete_run_folder(trained_run):

@@ -147,7 +147,8 @@ def test_evaluation_says_which_split_and_what_chose_the_checkpoint(trained_run):
     result, data_dir = trained_run
     best = evaluate_checkpoint(result.best_checkpoint, data_dir, device="cpu")
     last = evaluate_checkpoint(result.last_checkpoint, data_dir, device="cpu")
-    assert best.split.endswith("Valid") and f"epoch {result.best_epoch} scored best" in best.chosen_on and "optimistic" in best.caveat
+    assert best.split.endswith("Valid") and f"epoch {result.best_epoch} scored best" in best.chosen_on
+    assert "optimistic" in best.caveat
     assert "last epoch" in last.chosen_on and last.caveat == ""
     assert "training images" in evaluate_checkpoint(result.last_checkpoint, data_dir, "train", "cpu").caveat
 
@@ -192,8 +193,8 @@ def test_cli_evaluate_on_the_held_out_part_of_train_without_valid(tmp_path, caps
 
 
 def test_clear_cache_command(tiny_data, tmp_path, capsys):
-    from classifier_lib.data import load_data
     from classifier_lib.config import DataConfig
+    from classifier_lib.data import load_data
 
     load_data(DataConfig(data_dir=str(tiny_data), image_size=16))
     assert cli.main(["clear-cache"]) == 0

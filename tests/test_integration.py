@@ -3,10 +3,9 @@ import json
 import math
 
 import pytest
+from conftest import REAL_DATA, needs_real_data
 
 from classifier_lib import cli
-
-from conftest import REAL_DATA, needs_real_data
 
 
 @needs_real_data

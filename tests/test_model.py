@@ -50,3 +50,11 @@ def test_mismatched_config_is_a_clear_error():
 def test_default_config_is_not_shared_between_models():
     first, second = ResNet(3), ResNet(3)
     assert first.config == second.config and first.config is not second.config
+
+
+def test_a_stem_stride_of_4_patchifies_without_skipping_pixels():
+    model = ResNet(3, ModelConfig(stem_stride=4)).eval()
+    conv = model.stem[0]
+    assert conv.kernel_size == (4, 4) and conv.stride == (4, 4)
+    assert model.stem(torch.randn(1, 3, 128, 128)).shape[-1] == 32
+    assert flops_per_image(model, 128) == pytest.approx(flops_per_image(ResNet(3), 64), rel=0.05)

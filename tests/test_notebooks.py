@@ -1,20 +1,19 @@
 """The committed notebooks: clean, parameterised, and runnable end to end by the pipeline."""
 import json
 import re
-from datetime import datetime, timezone
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
+from conftest import REAL_DATA, make_dataset, needs_real_data
 
 from classifier_lib.pipeline import PIPELINE, PipelineError, check_parameters, run_pipeline, select_steps
 from classifier_lib.widgets import ImageTester
-
-from conftest import REAL_DATA, make_dataset, needs_real_data
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 ROOT = Path(__file__).resolve().parents[1]

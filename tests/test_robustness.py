@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import COLOURS, make_dataset, make_image, tiny_config
 from PIL import Image
 
 from classifier_lib import cli
@@ -18,8 +19,6 @@ from classifier_lib.data import DataLayoutError, find_splits, load_data
 from classifier_lib.engine import train
 from classifier_lib.images import MAX_PIXELS, UnreadableImage, load_image
 from classifier_lib.inference import Predictor
-
-from conftest import COLOURS, make_dataset, make_image, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,12 +253,12 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_training_survives_a_failed_save_and_says_so(tiny_data, tmp_path, monkeypatch, capsys):
-    import classifier_lib.engine as engine
+    from classifier_lib import trainer
 
     def disk_full(path, state):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine, "save_checkpoint", disk_full)
+    monkeypatch.setattr(trainer, "save_checkpoint", disk_full)
     result = train(tiny_config(tiny_data, **{"train.epochs": 1}), runs_root=tmp_path)
     assert len(result.history) == 1
     assert "could not save last.pt" in capsys.readouterr().out
