@@ -11,6 +11,7 @@ next run or notebook starts in a second and never reuses pixels decoded another 
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -196,6 +197,10 @@ class FlatImageDataset(Dataset):
         Returns (images of the readable files, their indices, (path, reason) of the others).
         """
         workers = (workers or usable_cpus()) if len(self) > 32 else 0
+        # An earlier loader's iterator can linger in a reference cycle (seen in Jupyter); workers forked now
+        # would inherit it, and their garbage collector would print a spurious "can only test a child
+        # process" traceback into the notebook. Collect it before forking.
+        gc.collect()
         loader = DataLoader(self, batch_size=32, num_workers=workers, collate_fn=self.collate)
         images, kept, skipped = self.empty(len(self)), [], []
         for batch, indices, failures in tqdm(loader, desc=desc, leave=False, disable=not progress_bar_wanted()):

@@ -83,8 +83,8 @@ def run_pipeline(
     notebooks_dir = Path(notebooks_dir)
     steps = steps or list(PIPELINE)
     sources = [notebooks_dir / f"{name}.ipynb" for name in steps]
+    check_parameters(dict(parameters or {}), sources)  # the quick ones go only where they are declared
     user_parameters = (QUICK_PARAMETERS if quick else {}) | dict(parameters or {})
-    check_parameters(user_parameters, sources)
     run_dir = (Path(run_dir) if run_dir else new_run_dir(runs_root)).resolve()
     data_dir = Path(data_dir).resolve()
     if not run_dir.is_dir():
