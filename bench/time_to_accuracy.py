@@ -49,17 +49,21 @@ def matmul_peak(dtype: torch.dtype = torch.bfloat16, n: int = 2048, repeats: int
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-def accuracy_at_sizes(checkpoint: Path, data, sizes: list[int]) -> dict[int, float]:
-    """last.pt's validation accuracy at each test size, BatchNorm recomputed at that size."""
+def accuracy_at_sizes(checkpoint: Path, data, sizes: list[int]) -> dict[str, float]:
+    """last.pt's validation accuracy at each test size, as saved ("80") and with its BatchNorm
+    statistics recomputed at that size on the un-augmented training images ("80+bn")."""
     loaded = load_model(checkpoint)
     dtype = autocast_dtype(loaded.config.train.precision, torch.device("cpu"))
     scores = {}
     for size in sizes:
-        model = copy.deepcopy(loaded.model)
-        recalibrate_bn(model, data.train.images, loaded.mean, loaded.std, size, dtype=dtype)
-        logits = predict_logits(model, data.valid.images, loaded.mean, loaded.std, size, dtype=dtype,
-                                flip=loaded.config.data.flip_tta)
-        scores[size] = (logits.argmax(1) == data.valid.labels).float().mean().item()
+        for recalibrate in (False, True):
+            model = copy.deepcopy(loaded.model)
+            if recalibrate:
+                recalibrate_bn(model, data.train.images, loaded.mean, loaded.std, size, dtype=dtype)
+            logits = predict_logits(model, data.valid.images, loaded.mean, loaded.std, size, dtype=dtype,
+                                    flip=loaded.config.data.flip_tta)
+            key = f"{size}+bn" if recalibrate else str(size)
+            scores[key] = (logits.argmax(1) == data.valid.labels).float().mean().item()
     return scores
 
 
@@ -103,7 +107,7 @@ def main() -> None:
         rows.append(row)
         reached = "  ".join(f"{t:.0%}: " + (f"{row[f'time_to_{t:.0%}']:.0f} s" if row[f"time_to_{t:.0%}"] else "-")
                             for t in TARGETS)
-        sizes = "  ".join(f"@{s}px {a:.2%}" for s, a in row.get("at_size", {}).items())
+        sizes = "  ".join(f"@{s} {a:.2%}" for s, a in row.get("at_size", {}).items())
         print(f"seed {seed}: final {row['final_valid_acc']:.2%} (best {row['best_valid_acc']:.2%})  {reached}  "
               f"train {row['train_s']:.0f} s  wall {wall_s:.0f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  {sizes}",
               flush=True)
