@@ -1,6 +1,7 @@
 """Time to accuracy and final (last-epoch) accuracy of a recipe over several seeds, on the real data.
 
     python bench/time_to_accuracy.py [--seeds 0 1 2] [--preset fast] [-s KEY VALUE ...] [--eval-sizes 64 80 96]
+    python bench/time_to_accuracy.py --score runs/version_3 runs/version_4 --eval-sizes 64 80 96
 
 For every seed: trains the recipe (the default config, a preset, plus any `-s key value` overrides)
 in a new run folder and prints the last-epoch validation accuracy (no epoch is picked on Valid),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import resource
@@ -28,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.checkpoint import load_model  # noqa: E402
+from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data import load_data  # noqa: E402
 from classifier_lib.device import autocast_dtype  # noqa: E402
 from classifier_lib.engine import train  # noqa: E402
@@ -51,20 +54,37 @@ def matmul_peak(dtype: torch.dtype = torch.bfloat16, n: int = 2048, repeats: int
 
 def accuracy_at_sizes(checkpoint: Path, data, sizes: list[int]) -> dict[str, float]:
     """last.pt's validation accuracy at each test size, as saved ("80") and with its BatchNorm
-    statistics recomputed at that size on the un-augmented training images ("80+bn")."""
+    statistics recomputed at that size on the un-augmented training images ("80+bn"); with the
+    sizes 16 px below and above averaged in too ("80+bn+tta3")."""
     loaded = load_model(checkpoint)
     dtype = autocast_dtype(loaded.config.train.precision, torch.device("cpu"))
+    flip = loaded.config.data.flip_tta
     scores = {}
+
+    def score(model, views) -> float:
+        logits = predict_logits(model, data.valid.images, loaded.mean, loaded.std, views, dtype=dtype, flip=flip)
+        return (logits.argmax(1) == data.valid.labels).float().mean().item()
+
     for size in sizes:
-        for recalibrate in (False, True):
-            model = copy.deepcopy(loaded.model)
-            if recalibrate:
-                recalibrate_bn(model, data.train.images, loaded.mean, loaded.std, size, dtype=dtype)
-            logits = predict_logits(model, data.valid.images, loaded.mean, loaded.std, size, dtype=dtype,
-                                    flip=loaded.config.data.flip_tta)
-            key = f"{size}+bn" if recalibrate else str(size)
-            scores[key] = (logits.argmax(1) == data.valid.labels).float().mean().item()
+        scores[str(size)] = score(loaded.model, [size])
+        model = copy.deepcopy(loaded.model)
+        recalibrate_bn(model, data.train.images, loaded.mean, loaded.std, size, dtype=dtype)
+        scores[f"{size}+bn"] = score(model, [size])
+        scores[f"{size}+bn+tta3"] = score(model, [size - 16, size, size + 16])
     return scores
+
+
+def score_runs(run_dirs: list[str], sizes: list[int]) -> None:
+    """Test-time choices for runs already trained: each run's last.pt at each size, then the means."""
+    rows = []
+    for run in map(Path, run_dirs):
+        config = Config.load(run / "config.json")
+        needed = max(sizes) + 16  # the largest size with its tta3 view, from images decoded that large
+        data = load_data(dataclasses.replace(config.data, eval_size=needed), config.system.seed)
+        rows.append(accuracy_at_sizes(run / "checkpoints" / "last.pt", data, sizes))
+        print(run, "  ".join(f"{key} {value:.2%}" for key, value in rows[-1].items()), flush=True)
+    for key in rows[0]:
+        print(f"last.pt @ {key:12s} {mean_std([row[key] for row in rows])}")
 
 
 def mean_std(values: list[float], unit: str = "%") -> str:
@@ -84,7 +104,12 @@ def main() -> None:
     parser.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     parser.add_argument("--eval-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--json", help="also write the per-seed figures to this file")
+    parser.add_argument("--score", nargs="+", metavar="RUN_DIR",
+                        help="no training: score these runs' last.pt at --eval-sizes")
     args = parser.parse_args()
+    if args.score:
+        score_runs(args.score, args.eval_sizes)
+        return
     peak = matmul_peak()
     print(f"bf16 matmul peak of this machine: {peak / 1e9:.0f} GFLOP/s")
     rows = []

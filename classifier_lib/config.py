@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+TTA_SIZE_STEP = 16  # the network's total stride: test sizes off this grid do worse
+
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and what is allowed."""
@@ -45,6 +47,7 @@ class DataConfig:
     jitter: float = 0.3  # brightness / contrast / saturation, each by up to this fraction
     equalize_p: float = 0.1  # chance of histogram equalisation per image
     flip_tta: bool = True  # evaluate and predict on each image and its mirror image, averaged
+    tta_sizes: int = 1  # 1: predict at the test size; 3: also 16 px below and above it, averaged
     workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per usable core
     train_on_all: bool = False  # train on Train + Valid (the final model); its Valid figures are then no score
 
@@ -54,9 +57,15 @@ class DataConfig:
         return self.eval_size or self.image_size
 
     @property
+    def tta_size_list(self) -> list[int]:
+        """The test sizes whose predictions are averaged."""
+        size = self.test_size
+        return [size] if self.tta_sizes == 1 else [size - TTA_SIZE_STEP, size, size + TTA_SIZE_STEP]
+
+    @property
     def decode_size(self) -> int:
         """The resolution images are decoded and cached at: the largest one any step needs."""
-        return max(self.image_size, self.test_size)
+        return max(self.image_size, *self.tta_size_list)
 
 
 @dataclass
@@ -128,6 +137,7 @@ class Config:
             (data.eval_size == 0 or data.eval_size >= 16, f"data.eval_size must be 0 or at least 16, got {data.eval_size}"),
             (0 <= data.min_size <= data.image_size, "data.min_size must be 0 (off) or at most data.image_size"),
             (0 < data.subset <= 1, f"data.subset must be in (0, 1], got {data.subset}"),
+            (data.tta_sizes in (1, 3), f"data.tta_sizes must be 1 or 3, got {data.tta_sizes}"),
             (0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {data.val_fraction}"),
             (0 <= train.mix_p <= 1, f"train.mix_p must be in [0, 1], got {train.mix_p}"),
             (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),

@@ -72,8 +72,9 @@ class Predictor:
 
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for a uint8 N x 3 x S x S batch."""
-        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, self.eval_size, batch_size,
-                                self.device, self.dtype, flip=self.loaded.config.data.flip_tta)
+        data = self.loaded.config.data
+        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, data.tta_size_list, batch_size,
+                                self.device, self.dtype, flip=data.flip_tta)
         return logits.softmax(dim=1)
 
     def predict(self, source: str | Path | bytes) -> Prediction:

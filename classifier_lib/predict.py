@@ -16,25 +16,30 @@ from .device import autocast
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, mean, std, size: int | None = None, batch_size: int = 256,
+    model: nn.Module, images: torch.Tensor, mean, std, size: int | list[int] | None = None, batch_size: int = 256,
     device: torch.device | None = None, dtype: torch.dtype | None = None, flip: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
     """Logits (float32, on the CPU) for a uint8 N x 3 x S x S tensor resized to `size` (default: S).
 
-    With `flip`, the logits of each image and its mirror image are averaged (test-time augmentation).
+    Test-time augmentation: with `flip` the logits of each image and its mirror image are averaged;
+    with a list of sizes, those of each size too.
     """
     device = device or next(model.parameters()).device
+    sizes = size if isinstance(size, list) else [size]
     was_training = model.training
     model.eval()
     outputs = []
     for start in tqdm(range(0, len(images), batch_size), desc="predicting", leave=False, disable=not progress):
-        batch = model_input(images[start : start + batch_size].to(device), size, mean, std, channels_last=True)
-        with autocast(device, dtype):
-            logits = model(batch).float()
-            if flip:
-                logits = (logits + model(batch.flip(dims=[3])).float()) / 2
-        outputs.append(logits.cpu())
+        chunk = images[start : start + batch_size].to(device)
+        views = []
+        for view_size in sizes:
+            batch = model_input(chunk, view_size, mean, std, channels_last=True)
+            with autocast(device, dtype):
+                views.append(model(batch).float())
+                if flip:
+                    views.append(model(batch.flip(dims=[3])).float())
+        outputs.append(torch.stack(views).mean(dim=0).cpu())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 

@@ -180,7 +180,7 @@ class Trainer:
             recalibrate_bn(self.evaluated_model, self.data.train.images, self.data.mean, self.data.std,
                            data.test_size, self.device, self.dtype)
         logits = predict_logits(self.evaluated_model, self.data.valid.images, self.data.mean, self.data.std,
-                                size=data.test_size, device=self.device, dtype=self.dtype, flip=data.flip_tta)
+                                size=data.tta_size_list, device=self.device, dtype=self.dtype, flip=data.flip_tta)
         labels = self.data.valid.labels
         accuracy = multiclass_accuracy(logits, labels, self.num_classes, average="micro")
         return {"valid_loss": F.cross_entropy(logits, labels).item(), "valid_acc": accuracy.item()}

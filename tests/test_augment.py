@@ -1,6 +1,7 @@
 import torch
 
 from classifier_lib.augment import BatchAugment, normalize
+from classifier_lib.config import DataConfig, ModelConfig
 from classifier_lib.model import ResNet
 from classifier_lib.predict import predict_logits
 
@@ -42,3 +43,19 @@ def test_flip_tta_averages_the_image_and_its_mirror():
     mirrored = predict_logits(model, images.flip(dims=[3]), (0.5,) * 3, (0.25,) * 3)
     both = predict_logits(model, images, (0.5,) * 3, (0.25,) * 3, flip=True)
     assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_tta_over_sizes_averages_the_logits_of_each_size():
+    torch.manual_seed(0)
+    model = ResNet(3, ModelConfig(widths=(8, 16), blocks=(1, 1))).eval()
+    images = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
+    stats = ((0.5,) * 3, (0.25,) * 3)
+    each = [predict_logits(model, images, *stats, size, flip=True) for size in (32, 48)]
+    assert torch.allclose(predict_logits(model, images, *stats, [32, 48], flip=True), (each[0] + each[1]) / 2,
+                          atol=1e-5)
+
+
+def test_tta_sizes_are_on_the_stride_grid_and_decoded_large_enough():
+    data = DataConfig(image_size=64, eval_size=80, tta_sizes=3)
+    assert data.tta_size_list == [64, 80, 96] and data.decode_size == 96
+    assert DataConfig(image_size=64).tta_size_list == [64]
