@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import matmul_peak  # bench/machine.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.checkpoint import load_model  # noqa: E402
@@ -39,17 +40,6 @@ from classifier_lib.presets import preset_config  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
 TARGETS = (0.85, 0.90, 0.95)
-
-
-def matmul_peak(dtype: torch.dtype = torch.bfloat16, n: int = 2048, repeats: int = 10) -> float:
-    """Measured dense matmul FLOP/s of this machine in `dtype`."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 def accuracy_at_sizes(checkpoint: Path, data, sizes: list[int]) -> dict[str, float]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import matmul_peak  # bench/machine.py, beside this script
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -31,17 +32,6 @@ from classifier_lib.optim import make_optimizer  # noqa: E402
 
 SEED_SIZE, OUR_SIZE, BATCH = 238, Config().data.image_size, 64
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Measured dense matmul FLOP/s of this machine in `dtype`."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 def seed_style_loader(train_dir: Path, size: int) -> DataLoader:

@@ -1,6 +1,9 @@
 """A short training run on the real data set: the whole command, end to end."""
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import REAL_DATA, needs_real_data
@@ -24,3 +27,14 @@ def test_train_two_epochs_on_a_subset_of_the_real_data(tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["data_dir"] == str(REAL_DATA) and config["train"]["epochs"] == 2
     assert {"best.pt", "last.pt"} <= {p.name for p in (run / "checkpoints").iterdir()}
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.parametrize("script", sorted(p for p in BENCH.glob("*.py") if p.stem != "machine"), ids=lambda p: p.stem)
+def test_benchmark_scripts_start(script):
+    """Every benchmark imports what it uses and explains itself (they run for minutes, so not here)."""
+    completed = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "usage:" in completed.stdout
