@@ -329,3 +329,13 @@ def test_ctrl_c_keeps_last_checkpoint_and_prints_the_resume_command(slow_data, t
     epochs_done = json.loads((run / "metrics.json").read_text())["epochs_done"]
     assert read_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == epochs_done >= 1
     assert "Traceback" not in err
+
+
+def test_a_log_file_gets_epoch_lines_not_progress_bars(tiny_data, tmp_path):
+    """Written to a file (CI, nohup), training prints one line per epoch and no bar refreshes."""
+    completed = subprocess.run(_train_command(tiny_data, tmp_path / "runs", 3), capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "\r" not in completed.stdout + completed.stderr
+    assert [line.split()[1] for line in completed.stdout.splitlines() if line.startswith("epoch")] == \
+        ["1/3", "2/3", "3/3"]
