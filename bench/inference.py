@@ -1,9 +1,10 @@
-"""Inference speed: batched images/s from decoded tensors, and one image from JPEG file to label.
+"""Inference speed, PyTorch beside ONNX Runtime: batched images/s from decoded tensors, and one
+image from JPEG file to label, in one run on this machine (its bf16 matmul peak printed beside).
 
-    python bench/inference.py [--checkpoint runs/version_N/checkpoints/best.pt] [--data-dir DIR]
+    python bench/inference.py [--checkpoint runs/version_N/checkpoints/last.pt] [--data-dir DIR]
 
 Without --checkpoint a randomly initialised model of the default config is used: speed does not
-depend on the weights.
+depend on the weights. The ONNX file is exported from the same checkpoint (fp32, flip TTA inside).
 """
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
+from machine import matmul_peak  # bench/machine.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.checkpoint import save_checkpoint  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data import find_splits, list_images  # noqa: E402
-from classifier_lib.inference import Predictor  # noqa: E402
+from classifier_lib.export import OnnxPredictor, export  # noqa: E402
+from classifier_lib.inference import ClassifierBase, Predictor  # noqa: E402
 from classifier_lib.model import ResNet  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
@@ -31,12 +35,12 @@ def random_checkpoint(folder: Path) -> Path:
     config = Config()
     path = folder / "random.pt"
     save_checkpoint(path, {"model": ResNet(3, config.model).state_dict(), "class_names": ["cat", "dog", "panda"],
-                           "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": config.data.image_size,
-                           "config": config.to_dict()})
+                           "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": config.data.decode_size,
+                           "eval_size": config.data.test_size, "config": config.to_dict()})
     return path
 
 
-def batched(predictor: Predictor, count: int = 2048, batch_size: int = 256) -> float:
+def batched(predictor: ClassifierBase, count: int = 2048, batch_size: int = 256) -> float:
     images = torch.randint(0, 256, (count, 3, predictor.image_size, predictor.image_size), dtype=torch.uint8)
     predictor.probabilities(images[:batch_size], batch_size)  # warm-up
     start = time.perf_counter()
@@ -44,7 +48,7 @@ def batched(predictor: Predictor, count: int = 2048, batch_size: int = 256) -> f
     return count / (time.perf_counter() - start)
 
 
-def single_latencies(predictor: Predictor, files: list[Path]) -> np.ndarray:
+def single_latencies(predictor: ClassifierBase, files: list[Path]) -> np.ndarray:
     for path in files[:5]:
         predictor.predict(path)  # warm-up
     times = []
@@ -64,14 +68,17 @@ def main() -> None:
     files = list_images(find_splits(args.data_dir).test or find_splits(args.data_dir).train)[0][: args.files]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or random_checkpoint(Path(tmp))
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; checkpoint {args.checkpoint or '(random weights)'}")
-        for precision in ("fp32", "bf16"):
-            predictor = Predictor(checkpoint, device="cpu", precision=precision)
-            print(f"batched {precision}: {batched(predictor):8.0f} images/s at {predictor.image_size} px (batch 256)")
-        predictor = Predictor(checkpoint, device="cpu")
-        latencies = single_latencies(predictor, files)
-        print(f"one JPEG file to label ({len(files)} files, default precision): median {np.median(latencies):.1f} ms, "
-              f"p95 {np.percentile(latencies, 95):.1f} ms")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, onnxruntime {onnxruntime.__version__}; "
+              f"bf16 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s; checkpoint {args.checkpoint or '(random weights)'}")
+        onnx_file = export(checkpoint, Path(tmp) / "model.onnx").path
+        predictors = {"PyTorch fp32": Predictor(checkpoint, device="cpu", precision="fp32"),
+                      "PyTorch bf16 (default)": Predictor(checkpoint, device="cpu"),
+                      "ONNX Runtime fp32": OnnxPredictor(onnx_file)}
+        for name, predictor in predictors.items():
+            speed = batched(predictor)
+            latencies = single_latencies(predictor, files)
+            print(f"{name:24s} batched {speed:7.0f} images/s at {predictor.image_size} px (batch 256); one JPEG file "
+                  f"to label: median {np.median(latencies):.1f} ms, p95 {np.percentile(latencies, 95):.1f} ms")
 
 
 if __name__ == "__main__":

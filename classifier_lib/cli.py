@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier_lib {train,evaluate,predict,submit,clear-cache} ...`."""
+"""Command line: `python -m classifier_lib {train,evaluate,predict,submit,export,clear-cache} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +8,13 @@ import sys
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import Config, ConfigError
 from .data import DataLayoutError
+from .export import ExportError
 from .images import UnreadableImage
 from .presets import PRESETS, preset_config
 
 # Errors about the user's input: one clean line. Anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (DataLayoutError, CheckpointError, UnreadableImage, ConfigError, FileNotFoundError, FloatingPointError)
+EXPECTED_ERRORS = (DataLayoutError, CheckpointError, UnreadableImage, ConfigError, FileNotFoundError, FloatingPointError,
+                   ExportError)
 
 # The seed project's flags, mapped onto config keys.
 SEED_FLAGS = {
@@ -75,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-o", "--output", default="submission.csv")
     for sub in (evaluate, predict, submit):
         sub.add_argument("--device", default="auto")
+    for sub in (predict, submit):
+        sub.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                         help="onnxruntime: CHECKPOINT is a file made by the export command")
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX or TorchScript, checked against PyTorch")
+    export.add_argument("checkpoint")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("-o", "--output", required=True)
+    export.add_argument("--float-input", action="store_true", help="take float32 images in [0, 1] instead of uint8")
+    export.add_argument("--data-dir", help="check parity on this folder's validation images "
+                        "(default: the checkpoint's data folder when it exists, else generated images)")
     commands.add_parser("clear-cache", help="delete the decoded-image cache (~/.cache/classifier_lib)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     return parser
@@ -118,9 +131,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import Predictor
+    from .inference import open_predictor
 
-    predictor = Predictor(args.checkpoint, args.device)
+    predictor = open_predictor(args.checkpoint, args.backend, args.device)
     failures = 0
     for image in args.images:
         try:
@@ -138,15 +151,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .inference import Predictor, write_submission
+    from .inference import open_predictor, write_submission
 
-    predictions = Predictor(args.checkpoint, args.device).predict_folder(args.test_dir)
+    predictions = open_predictor(args.checkpoint, args.backend, args.device).predict_folder(args.test_dir)
     csv_path, probs_path = write_submission(predictions, args.output)
     print(f"{len(predictions.ids)} images -> {csv_path} (probabilities: {probs_path})")
     for path, reason in predictions.skipped:
         print(f"skipped {reason}")
     if predictions.skipped:
         print(f"{len(predictions.skipped)} unreadable files skipped")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export, parity_images
+
+    images, source = parity_images(args.checkpoint, args.data_dir)
+    report = export(args.checkpoint, args.output, args.format, images, uint8_input=not args.float_input)
+    print(f"parity on {report.images} {source}: max |dp| {report.max_abs_diff:.2e}, "
+          f"labels identical: {report.labels_identical}")
+    print(f"wrote {report.path}")
     return 0
 
 
@@ -161,7 +185,7 @@ def cmd_clear_cache(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit,
-                "clear-cache": cmd_clear_cache}
+                "export": cmd_export, "clear-cache": cmd_clear_cache}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:  # outside training's own handler, e.g. while decoding images

@@ -9,6 +9,7 @@ import torch
 
 from .augment import model_input
 from .checkpoint import LoadedModel, load_model
+from .config import ConfigError
 from .data import DataLayoutError, FlatImageDataset
 from .device import autocast_dtype, resolve_device
 from .images import load_image
@@ -36,46 +37,22 @@ class FolderPredictions:
         return [self.class_names[i] for i in self.probabilities.argmax(dim=1).tolist()]
 
 
-class Predictor:
-    """Loads a checkpoint once and predicts with the exact preprocessing used in training.
+class ClassifierBase:
+    """What every predictor shares: the decoding of files and folders around `probabilities`.
 
-    `precision="auto"` uses the autocast of training's validation (bf16 on the CPU and recent GPUs);
-    "fp32" gives full precision at about half the batched speed on the CPU.
+    Subclasses set `class_names` and `image_size` (the size files are decoded to, as in training)
+    and implement `probabilities` for a uint8 N x 3 x S x S batch.
     """
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "auto"):
-        self.device = resolve_device(device)
-        self.loaded: LoadedModel = load_model(checkpoint, self.device)
-        self.dtype = autocast_dtype(precision, self.device)
-        self.model = self.loaded.model.to(memory_format=torch.channels_last)
+    class_names: list[str]
+    image_size: int
 
-    @property
-    def class_names(self) -> list[str]:
-        return self.loaded.class_names
-
-    @property
-    def image_size(self) -> int:
-        """The size images are decoded to; the model sees them resized to `eval_size`."""
-        return self.loaded.image_size
-
-    @property
-    def eval_size(self) -> int:
-        return self.loaded.eval_size
+    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        raise NotImplementedError
 
     def preprocess(self, source: str | Path | bytes) -> torch.Tensor:
         """A file path or the file's bytes to the uint8 tensor the model's training used."""
         return load_image(source, self.image_size)
-
-    def model_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed uint8 images (N x 3 x S x S) to the normalised input the model sees."""
-        return model_input(images.to(self.device), self.eval_size, self.loaded.mean, self.loaded.std)
-
-    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Class probabilities for a uint8 N x 3 x S x S batch."""
-        data = self.loaded.config.data
-        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, data.tta_size_list, batch_size,
-                                self.device, self.dtype, flip=data.flip_tta)
-        return logits.softmax(dim=1)
 
     def predict(self, source: str | Path | bytes) -> Prediction:
         return self.predict_image(self.preprocess(source))
@@ -97,6 +74,45 @@ class Predictor:
                                   f"{skipped[0][1]}")
         ids = dataset.ids
         return FolderPredictions([ids[i] for i in kept], self.probabilities(images), self.class_names, skipped)
+
+
+class Predictor(ClassifierBase):
+    """Loads a checkpoint once and predicts with the exact preprocessing used in training.
+
+    `precision="auto"` uses the autocast of training's validation (bf16 on the CPU and recent GPUs);
+    "fp32" gives full precision at about half the batched speed on the CPU.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", precision: str = "auto"):
+        self.device = resolve_device(device)
+        self.loaded: LoadedModel = load_model(checkpoint, self.device)
+        self.dtype = autocast_dtype(precision, self.device)
+        self.model = self.loaded.model.to(memory_format=torch.channels_last)
+        self.class_names = self.loaded.class_names
+        self.image_size = self.loaded.image_size  # decoded to this; the model sees `eval_size`
+        self.eval_size = self.loaded.eval_size
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed uint8 images (N x 3 x S x S) to the normalised input the model sees."""
+        return model_input(images.to(self.device), self.eval_size, self.loaded.mean, self.loaded.std)
+
+    def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class probabilities for a uint8 N x 3 x S x S batch."""
+        data = self.loaded.config.data
+        logits = predict_logits(self.model, images, self.loaded.mean, self.loaded.std, data.tta_size_list, batch_size,
+                                self.device, self.dtype, flip=data.flip_tta)
+        return logits.softmax(dim=1)
+
+
+def open_predictor(path: str | Path, backend: str = "torch", device: str = "auto") -> ClassifierBase:
+    """A predictor for a checkpoint (`torch`) or an exported ONNX file (`onnxruntime`)."""
+    if backend == "torch":
+        return Predictor(path, device)
+    if backend == "onnxruntime":
+        from .export import OnnxPredictor
+
+        return OnnxPredictor(path)
+    raise ConfigError(f"backend must be torch or onnxruntime, got {backend!r}")
 
 
 def write_submission(predictions: FolderPredictions, path: str | Path) -> tuple[Path, Path]:

@@ -38,3 +38,16 @@ def test_benchmark_scripts_start(script):
     completed = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "usage:" in completed.stdout
+
+
+@needs_real_data
+@pytest.mark.slow
+def test_export_of_a_real_model_matches_pytorch_on_the_real_validation_images(tmp_path, capsys):
+    assert cli.main(["train", "--data-dir", str(REAL_DATA), "--runs-dir", str(tmp_path), "--epochs", "1",
+                     "--subset", "0.1"]) == 0
+    last = tmp_path / "version_0" / "checkpoints" / "last.pt"
+    capsys.readouterr()
+    assert cli.main(["export", str(last), "-o", str(tmp_path / "model.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "parity on 450 validation images" in out and "labels identical: True" in out
+    assert float(out.split("max |dp| ")[1].split(",")[0]) <= 1e-4
