@@ -18,6 +18,7 @@ import papermill
 from nbconvert import HTMLExporter
 from tqdm.auto import tqdm
 
+from .config import Config, ConfigError
 from .progress import progress_bar_wanted
 from .runs import list_runs, new_run_dir
 
@@ -44,13 +45,21 @@ def declared_parameters(notebook: Path) -> dict[str, Any]:
 
 
 def check_parameters(parameters: dict[str, Any], notebooks: list[Path]) -> None:
-    """papermill only warns about unknown names; refuse a name that no notebook declares."""
+    """papermill only warns about unknown names; refuse a name that no notebook declares, and config
+    overrides that the config does not know, before anything runs."""
     declared = set()
     for notebook in notebooks:
         declared |= set(declared_parameters(notebook))
     unknown = sorted(set(parameters) - declared)
     if unknown:
         raise PipelineError(f"unknown parameter(s) {unknown}; the notebooks declare {sorted(declared)}")
+    overrides = parameters.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise PipelineError(f"overrides must be a mapping of config keys to values, got {overrides!r}")
+    try:
+        Config().override(overrides).validate()
+    except ConfigError as error:
+        raise PipelineError(f"overrides: {error}") from None
 
 
 def select_steps(only: list[str] | None = None, start_from: str | None = None) -> list[str]:

@@ -241,3 +241,16 @@ def test_report_index_escapes_run_names(tmp_path):
     page = write_index(tmp_path / "runs", tmp_path / "reports").read_text()
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "0.5000" in page and "0.7500" in page
+
+
+def test_overrides_reach_the_training_notebook_and_unknown_keys_are_refused(tmp_path):
+    with pytest.raises(PipelineError, match=r"overrides: unknown config key 'train.ema_decy'"):
+        check_parameters({"overrides": {"train.ema_decy": 0}}, [p for p in NOTEBOOKS if p.stem in PIPELINE])
+    with pytest.raises(PipelineError, match="train.epochs must be at least 1"):
+        check_parameters({"overrides": {"train.epochs": 0}}, [p for p in NOTEBOOKS if p.stem in PIPELINE])
+    data = make_dataset(tmp_path / "data")
+    run_dir = run_pipeline(data, {"epochs": 1, "image_size": 32, "overrides": {"train.ema_decay": 0.0,
+                                                                               "model.widths": [8, 16, 32, 64]}},
+                           steps=["02_training"], runs_root=tmp_path / "runs", reports_root=tmp_path / "reports")
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["ema_decay"] == 0.0 and config["model"]["widths"] == [8, 16, 32, 64]
