@@ -80,6 +80,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     """Rebuild the model described by a checkpoint, in eval mode, on `device`."""
     state = read_checkpoint(path, map_location=device)
     config = Config.from_dict(state["config"])
+    if "eval_size" not in state:  # written before test sizes existed: it tested at its training size
+        config.data.eval_size = int(state["image_size"])
     model = ResNet(len(state["class_names"]), config.model)
     try:
         model.load_state_dict(state["model"])

@@ -52,7 +52,7 @@ class TrainResult:
 def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | None = None,
           runs_root: str | Path = "runs") -> TrainResult:
     """Train a model as `config` says; see the module docstring."""
-    config.validate()
+    config = config.validate().resolved()
     device = setup_system(config)
     resume_state = read_checkpoint(config.train.resume) if config.train.resume else None
     data = data or load_data(config.data, config.system.seed)

@@ -23,7 +23,7 @@ from .progress import progress_bar_wanted
 from .runs import list_runs, new_run_dir
 
 PIPELINE = ("01_data_stats", "02_training", "03_evaluation", "04_activations", "05_submission")
-QUICK_PARAMETERS = {"epochs": 6, "image_size": 48}  # a smoke run that still learns: ~65 % on Valid
+QUICK_PARAMETERS = {"epochs": 6, "image_size": 48, "eval_size": 48}  # a smoke run that still learns: ~65 % on Valid
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 

@@ -53,7 +53,8 @@ def tiny_data(tmp_path) -> Path:
 
 def tiny_config(data_dir: Path, **overrides) -> Config:
     """A config that trains in a second or two on tiny data."""
-    values = {"data.data_dir": str(data_dir), "data.image_size": 32, "data.batch_size": 8, "data.workers": 1,
+    values = {"data.data_dir": str(data_dir), "data.image_size": 32, "data.eval_size": 32, "data.batch_size": 8,
+              "data.workers": 1,
               "model.widths": (8, 16), "model.blocks": (1, 1), "train.epochs": 2, "train.lr": 0.05,
               "system.threads": 1}
     return Config().override(values | overrides)

@@ -58,4 +58,4 @@ def test_tta_over_sizes_averages_the_logits_of_each_size():
 def test_tta_sizes_are_on_the_stride_grid_and_decoded_large_enough():
     data = DataConfig(image_size=64, eval_size=80, tta_sizes=3)
     assert data.tta_size_list == [64, 80, 96] and data.decode_size == 96
-    assert DataConfig(image_size=64).tta_size_list == [64]
+    assert DataConfig(image_size=64, eval_size=64).tta_size_list == [64]

@@ -59,11 +59,13 @@ def test_subset_is_stratified(tiny_data):
     assert torch.bincount(data.valid.labels).tolist() == [3, 3, 3]
 
 
-def test_images_are_uint8_at_training_resolution(tiny_data):
-    data = load_data(DataConfig(data_dir=str(tiny_data), image_size=24))
+def test_images_are_uint8_at_the_largest_size_a_run_needs(tiny_data):
+    data = load_data(DataConfig(data_dir=str(tiny_data), image_size=24, eval_size=24))
     assert data.train.images.dtype == torch.uint8
     assert data.train.images.shape == (36, 3, 24, 24)
     assert data.valid.images.shape == (18, 3, 24, 24)
+    larger_test = load_data(DataConfig(data_dir=str(tiny_data), image_size=24))  # tested at 32 px: decoded at 32
+    assert larger_test.train.images.shape == (36, 3, 32, 32)
 
 
 def test_mean_std_are_exact_over_all_training_pixels(tiny_data):

@@ -8,7 +8,7 @@ from conftest import tiny_config
 
 from classifier_lib.augment import model_input
 from classifier_lib.checkpoint import load_model, read_checkpoint
-from classifier_lib.config import Config, ConfigError, ModelConfig
+from classifier_lib.config import Config, ConfigError, DataConfig, ModelConfig
 from classifier_lib.device import autocast_dtype
 from classifier_lib.ema import ModelEMA
 from classifier_lib.engine import train
@@ -133,7 +133,7 @@ def test_recalibrated_batchnorm_holds_the_statistics_of_the_given_images():
 
 
 def test_final_epoch_recalibrates_batchnorm(tiny_data, tmp_path):
-    on = train(tiny_config(tiny_data, **{"data.eval_size": 48}), runs_root=tmp_path)
+    on = train(tiny_config(tiny_data, **{"data.eval_size": 48, "train.recalibrate_bn": True}), runs_root=tmp_path)
     off = train(tiny_config(tiny_data, **{"data.eval_size": 48, "train.recalibrate_bn": False}), runs_root=tmp_path)
     mean = "stem.1.running_mean"
     assert not torch.equal(read_checkpoint(on.last_checkpoint)["model"][mean],
@@ -229,3 +229,21 @@ def test_ema_weights_are_the_ones_validated_and_saved(tiny_data, tmp_path):
     assert set(state["model"]) == set(state["training_model"])
     assert any(not torch.equal(state["model"][k], state["training_model"][k]) for k in state["model"])
     assert load_model(result.last_checkpoint).model.state_dict().keys() == state["model"].keys()
+
+
+def test_the_test_size_is_larger_than_the_training_crops_by_default_and_saved_explicitly(tiny_data, tmp_path):
+    assert [DataConfig(image_size=size).test_size for size in (32, 48, 64, 128)] == [48, 64, 80, 160]
+    assert DataConfig(image_size=64, eval_size=64).test_size == 64
+    result = train(tiny_config(tiny_data, **{"data.eval_size": 0, "train.epochs": 1}), runs_root=tmp_path)
+    assert Config.load(result.run_dir / "config.json").data.eval_size == 48
+    assert read_checkpoint(result.last_checkpoint)["eval_size"] == 48
+
+
+def test_a_checkpoint_from_before_test_sizes_tests_at_its_training_size(trained_run, tmp_path):
+    result, _ = trained_run
+    state = torch.load(result.last_checkpoint, weights_only=True)
+    del state["eval_size"]
+    state["config"]["data"].pop("eval_size")
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    assert load_model(old).eval_size == 32 and load_model(old).config.data.test_size == 32
