@@ -36,3 +36,17 @@ def test_data_dir_defaults_to_environment(monkeypatch):
     assert Config().data.data_dir == "/somewhere/else"
     monkeypatch.delenv("CLASSIFIER_DATA_DIR")
     assert Config().data.data_dir == "data"
+
+
+def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_data):
+    from classifier_lib import cli
+    from classifier_lib.config import ConfigError
+    from classifier_lib.presets import PRESETS, preset_config
+
+    assert preset_config("default") == Config()
+    assert preset_config("fast").train.epochs == PRESETS["fast"]["train.epochs"] < Config().train.epochs
+    with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
+        preset_config("fastest")
+    args = cli.build_parser().parse_args(["train", "--data-dir", str(tiny_data), "--preset", "fast", "--lr", "0.1"])
+    config = cli.config_from_args(args)
+    assert config.train.epochs == PRESETS["fast"]["train.epochs"] and config.train.lr == 0.1  # flags win
