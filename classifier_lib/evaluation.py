@@ -77,10 +77,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     predictor = Predictor(checkpoint, device)
     config = predictor.loaded.config
     data_config = dataclasses.replace(config.data, data_dir=str(data_dir or config.data.data_dir), subset=1.0)
-    if find_splits(data_config.data_dir).class_names != predictor.class_names:
+    folder_classes = find_splits(data_config.data_dir).class_names
+    if folder_classes != predictor.class_names:
         raise DataLayoutError(
-            f"the checkpoint knows classes {predictor.class_names}, "
-            f"{data_config.data_dir} has {find_splits(data_config.data_dir).class_names}"
+            f"the checkpoint knows classes {predictor.class_names}, {data_config.data_dir} has {folder_classes}"
         )
     data, source = load_held_out(data_config, config.system.seed, split)
     same_data = Path(data_config.data_dir).resolve() == Path(config.data.data_dir).resolve()
