@@ -11,6 +11,7 @@ next run or notebook starts in a second and never reuses pixels decoded another 
 """
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -313,6 +314,7 @@ def clear_cache() -> tuple[int, int]:
     return len(files), freed
 
 
+@functools.cache  # one read of images.py per process, not one per split
 def preprocessing_fingerprint() -> str:
     """Changes whenever decoding could give other pixels: this library's decode code or Pillow's version."""
     source = Path(images_module.__file__).read_bytes()

@@ -107,7 +107,7 @@ def test_folder_without_train_is_explained(tmp_path):
         find_splits(tmp_path)
 
 
-def test_cache_is_keyed_by_the_preprocessing_too(tiny_data, tmp_path, monkeypatch):
+def test_cache_is_keyed_by_the_preprocessing_too(tiny_data, tmp_path, monkeypatch, request):
     """Another Pillow version or other decoding code may give other pixels: never reuse the old ones."""
     import classifier_lib.data as data_module
 
@@ -115,6 +115,8 @@ def test_cache_is_keyed_by_the_preprocessing_too(tiny_data, tmp_path, monkeypatc
     splits = find_splits(tiny_data)
     load_split(splits.train, splits.class_names, 16)
     monkeypatch.setattr(data_module.PIL, "__version__", "0.0-other")
+    data_module.preprocessing_fingerprint.cache_clear()
+    request.addfinalizer(data_module.preprocessing_fingerprint.cache_clear)  # later tests see the real version
     load_split(splits.train, splits.class_names, 16)
     assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 2
 
