@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier_lib {train,evaluate,predict,submit,export,clear-cache} ...`."""
+"""Command line: `python -m classifier_lib {train,lr-find,evaluate,predict,submit,export,clear-cache} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -38,27 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from scratch (or resume one)")
-    train.add_argument("--data-dir", help="dataset folder (default: $CLASSIFIER_DATA_DIR, else data/)")
+    add_recipe_arguments(train)
     train.add_argument("--runs-dir", default="runs", help="where run folders version_N are created")
-    train.add_argument("--config", help="a config.json to start from (e.g. from an earlier run folder)")
-    train.add_argument("--preset", choices=list(PRESETS), help="a recipe for a time budget (see the README)")
     train.add_argument("--train-on-all", action="store_const", const=True, dest="data.train_on_all",
                        help="train on Train + Valid: the final model; its Valid figures are then no score")
     train.add_argument("--resume", help="continue training from this checkpoint (its run folder and config)")
-    for flag, (key, kind) in SEED_FLAGS.items():
-        train.add_argument(flag, type=kind, dest=key, default=None, metavar=kind.__name__.upper(), help=f"sets {key}")
-    train.add_argument("--run-just-a-subset", action="store_const", const=0.05, dest="data.subset",
-                       help="train on a stratified 5%% subset (the seed's flag)")
-    train.add_argument("--half-precision", action="store_const", const="auto", dest="train.precision",
-                       help="mixed precision: bf16 on CPU, fp16 on CUDA (the default)")
-    train.add_argument("--fp32", action="store_const", const="fp32", dest="train.precision", help="full fp32 precision")
-    train.add_argument("--use-scheduler", action="store_const", const="onecycle", dest="train.scheduler",
-                       help="one-cycle learning-rate schedule (the default)")
-    train.add_argument("--data-augmentation", action="store_const", const=True, dest="data.augment",
-                       help="augment training batches (the default)")
-    train.add_argument("--no-augmentation", action="store_const", const=False, dest="data.augment")
-    train.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                       help="any config field, e.g. --set model.widths 32,64,128,256")
+
+    lr_find = commands.add_parser("lr-find", help="learning-rate range test: loss against an exponentially growing rate")
+    add_recipe_arguments(lr_find)
+    lr_find.add_argument("--start-lr", type=float, default=1e-4)
+    lr_find.add_argument("--end-lr", type=float, default=10.0)
+    lr_find.add_argument("--steps", type=int, default=100, help="batches in the sweep")
+    lr_find.add_argument("-o", "--output", default="lr_find.png", help="where to save the loss-vs-LR plot")
+
     evaluate = commands.add_parser("evaluate", help="accuracy and per-class report of a checkpoint on the validation split")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--data-dir", default=None, help="default: the data folder the checkpoint was trained on")
@@ -93,16 +85,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_recipe_arguments(command: argparse.ArgumentParser) -> None:
+    """The options that make a training config: data folder, preset, config file, the seed's flags, --set."""
+    command.add_argument("--data-dir", help="dataset folder (default: $CLASSIFIER_DATA_DIR, else data/)")
+    command.add_argument("--config", help="a config.json to start from (e.g. from an earlier run folder)")
+    command.add_argument("--preset", choices=list(PRESETS), help="a recipe for a time budget (see the README)")
+    for flag, (key, kind) in SEED_FLAGS.items():
+        command.add_argument(flag, type=kind, dest=key, default=None, metavar=kind.__name__.upper(), help=f"sets {key}")
+    command.add_argument("--run-just-a-subset", action="store_const", const=0.05, dest="data.subset",
+                         help="train on a stratified 5%% subset (the seed's flag)")
+    command.add_argument("--half-precision", action="store_const", const="auto", dest="train.precision",
+                         help="mixed precision: bf16 on CPU, fp16 on CUDA (the default)")
+    command.add_argument("--fp32", action="store_const", const="fp32", dest="train.precision", help="full fp32 precision")
+    command.add_argument("--use-scheduler", action="store_const", const="onecycle", dest="train.scheduler",
+                         help="one-cycle learning-rate schedule (the default)")
+    command.add_argument("--data-augmentation", action="store_const", const=True, dest="data.augment",
+                         help="augment training batches (the default)")
+    command.add_argument("--no-augmentation", action="store_const", const=False, dest="data.augment")
+    command.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                         help="any config field, e.g. --set model.widths 32,64,128,256")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults < --preset < --config file < resume checkpoint's config < explicit flags."""
     config = Config.load(args.config) if args.config else preset_config(args.preset or "default")
-    if args.resume:
-        config = Config.from_dict(read_checkpoint(args.resume)["config"])
+    resume = getattr(args, "resume", None)
+    if resume:
+        config = Config.from_dict(read_checkpoint(resume)["config"])
     overrides = {key: value for key, value in vars(args).items() if "." in key and value is not None}
     overrides |= dict(args.set)
     if args.data_dir:
         overrides["data.data_dir"] = args.data_dir
-    overrides["train.resume"] = args.resume
+    overrides["train.resume"] = resume
     return config.override(overrides)
 
 
@@ -114,6 +128,17 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"best {result.best_valid_acc:.4f} at epoch {result.best_epoch} (best.pt, chosen on Valid)")
     print(f"run folder: {result.run_dir}")
     return 130 if result.interrupted else 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lr_finder import find_lr
+
+    result = find_lr(config_from_args(args), start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
+    result.plot().savefig(args.output, dpi=100)
+    print(f"{len(result.lrs)} steps from lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}; "
+          f"steepest descent of the loss at lr {result.suggestion:.3g}")
+    print(f"plot: {args.output}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -185,7 +210,7 @@ def cmd_clear_cache(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit,
-                "export": cmd_export, "clear-cache": cmd_clear_cache}
+                "export": cmd_export, "clear-cache": cmd_clear_cache, "lr-find": cmd_lr_find}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:  # outside training's own handler, e.g. while decoding images

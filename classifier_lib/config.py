@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .paths import default_data_dir
 
 TTA_SIZE_STEP = 16  # the network's total stride: test sizes off this grid do worse
 FIXRES_RATIO = 1.25  # test size / training size: 80 px for 64 px crops, +1.3 points (README, 2 seeds)
@@ -18,11 +19,6 @@ FIXRES_RATIO = 1.25  # test size / training size: 80 px for 64 px crops, +1.3 po
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and what is allowed."""
-
-
-def default_data_dir() -> str:
-    """`$CLASSIFIER_DATA_DIR` if set, else `data/`."""
-    return os.environ.get("CLASSIFIER_DATA_DIR", "data")
 
 
 @dataclass
@@ -99,6 +95,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 (fp16 on GPUs without bf16)
     channels_last: bool = True
     checkpoint_every: int = 0  # also keep epoch_NNN.pt every N epochs; 0 = only best/last
+    patience: int = 0  # early stopping: stop after this many epochs without a better `monitor`; 0 = off
+    monitor: str = "valid_loss"  # what early stopping watches: valid_loss (lower is better) | valid_acc
+    tensorboard_every: int = 10  # every N epochs, confusion matrix, predictions and activations to TensorBoard; 0 = off
     resume: str | None = None
 
 
@@ -156,6 +155,10 @@ class Config:
             (train.scheduler in ("onecycle", "cosine", "lambda", "none"),
              f"train.scheduler must be onecycle, cosine, lambda or none, got {train.scheduler!r}"),
             (train.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, got {train.optimizer!r}"),
+            (train.patience >= 0, f"train.patience must be 0 (off) or a number of epochs, got {train.patience}"),
+            (train.monitor in ("valid_loss", "valid_acc"),
+             f"train.monitor must be valid_loss or valid_acc, got {train.monitor!r}"),
+            (train.tensorboard_every >= 0, f"train.tensorboard_every must be 0 (off) or positive, got {train.tensorboard_every}"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

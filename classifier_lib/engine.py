@@ -4,6 +4,8 @@ It loads the data, builds a `Trainer`, trains for `config.train.epochs` epochs i
 `runs/version_N` folder (or continues the run a resume checkpoint belongs to), and after every
 epoch writes last.pt (and best.pt when validation accuracy improved), TensorBoard scalars,
 `metrics.json` and one log line; Ctrl-C keeps the last finished epoch and prints how to resume.
+With `train.patience` it stops early when the monitored validation figure has not improved for that
+many epochs; `metrics.json` records why training stopped.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .data import DataBundle, load_data
 from .model import count_parameters
 from .progress import progress_bar_wanted
 from .runs import new_run_dir
+from .tb_figures import log_figures
 from .trainer import Trainer, setup_system
 
 
@@ -35,6 +38,7 @@ class TrainResult:
     best_valid_acc: float
     best_epoch: int
     interrupted: bool = False
+    stop_reason: str = ""
 
     @property
     def best_checkpoint(self) -> Path:
@@ -72,7 +76,7 @@ def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | 
          f"precision {config.train.precision} ({trainer.dtype or 'fp32'})")
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     start_time = time.perf_counter() - (trainer.history[-1]["elapsed_s"] if trainer.history else 0.0)
-    interrupted = False
+    interrupted, stop_reason = False, f"completed {config.train.epochs} epochs"
     try:
         for _ in tqdm(range(trainer.epoch, config.train.epochs), desc="training", initial=trainer.epoch,
                       total=config.train.epochs, disable=not progress_bar_wanted()):
@@ -82,20 +86,41 @@ def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | 
             trainer.epoch += 1
             row["elapsed_s"] = time.perf_counter() - start_time
             trainer.history.append(row)
-            _end_of_epoch(trainer, row, writer)
+            early_stop = early_stop_reason(trainer.history, config.train.patience, config.train.monitor)
+            _end_of_epoch(trainer, row, writer, last=bool(early_stop) or trainer.epoch == config.train.epochs)
+            if early_stop:
+                stop_reason = early_stop
+                _log(stop_reason)
+                break
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted, stop_reason = True, f"interrupted during epoch {trainer.epoch + 1}"
         _log(_interrupt_message(trainer))
     finally:
         writer.close()
-    result = TrainResult(run_dir, trainer.history, trainer.best_valid_acc, trainer.best_epoch, interrupted)
+    result = TrainResult(run_dir, trainer.history, trainer.best_valid_acc, trainer.best_epoch, interrupted,
+                         stop_reason)
     if not interrupted:
         _write_hparams(run_dir, config, result)
     _write_metrics(trainer, result)
     return result
 
 
-def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter) -> None:
+def early_stop_reason(history: list[dict[str, float]], patience: int, monitor: str) -> str:
+    """Why to stop after the last epoch of `history` ("" to go on): `monitor` (valid_loss, lower is
+    better, or valid_acc) has not improved on its best for `patience` epochs. 0 = never stop early."""
+    if not patience or len(history) <= patience:
+        return ""
+    values = [row[monitor] for row in history]
+    pick = min if monitor == "valid_loss" else max
+    best = pick(range(len(values)), key=values.__getitem__)  # the first epoch reaching the best value
+    waited = len(values) - 1 - best
+    if waited < patience:
+        return ""
+    return (f"early stopping after epoch {history[-1]['epoch']}: {monitor} has not improved for {waited} epochs "
+            f"(best {values[best]:.4f} at epoch {history[best]['epoch']})")
+
+
+def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter, last: bool) -> None:
     epoch, config = trainer.epoch, trainer.config
     improved = row["valid_acc"] > trainer.best_valid_acc
     if improved:
@@ -110,6 +135,11 @@ def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter
         writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], epoch)
     writer.add_scalar("lr", row["lr"], epoch)
     writer.add_scalar("image_size", row["image_size"], epoch)
+    every = config.train.tensorboard_every
+    if every and (epoch % every == 0 or last):
+        data = trainer.data
+        log_figures(writer, epoch, trainer.evaluated_model, data.valid, trainer.valid_logits, data.class_names,
+                    data.mean, data.std, config.data.test_size)
     writer.flush()
     _write_metrics(trainer, None)
     _log(
@@ -153,6 +183,7 @@ def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
         "parameters": count_parameters(trainer.model),
         "flops_per_image": trainer.flops_per_image,
         "interrupted": bool(result and result.interrupted),
+        "stop_reason": result.stop_reason if result else "running",
     }
     path = trainer.run_dir / "metrics.json"
     tmp = path.with_suffix(".json.tmp")

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import nbformat
 import papermill
 from nbconvert import HTMLExporter
@@ -20,9 +19,11 @@ from tqdm.auto import tqdm
 
 from .config import Config, ConfigError
 from .progress import progress_bar_wanted
-from .runs import list_runs, new_run_dir
+from .report_index import COMPARE_DIR, write_index
+from .runs import new_run_dir, read_json
 
 PIPELINE = ("01_data_stats", "02_training", "03_evaluation", "04_activations", "05_submission")
+COMPARE_NOTEBOOK = "07_compare_runs"
 QUICK_PARAMETERS = {"epochs": 6, "image_size": 48, "eval_size": 48}  # a smoke run that still learns: ~65 % on Valid
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -87,8 +88,12 @@ def run_pipeline(
     runs_root: str | Path = "runs",
     reports_root: str | Path = "reports",
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    sweep: dict[str, Any] | None = None,
 ) -> Path:
-    """Execute the notebooks for one run and render their reports; returns the run folder."""
+    """Execute the notebooks for one run and render their reports; returns the run folder.
+
+    `sweep` (name and this run's values) is recorded in the run's `pipeline.json` when the run is
+    one combination of a sweep."""
     notebooks_dir = Path(notebooks_dir)
     steps = steps or list(PIPELINE)
     sources = [notebooks_dir / f"{name}.ipynb" for name in steps]
@@ -99,7 +104,7 @@ def run_pipeline(
     if not run_dir.is_dir():
         raise PipelineError(f"run folder {run_dir} does not exist")
     reports_dir = Path(reports_root) / run_dir.name
-    _save_pipeline_parameters(run_dir, data_dir, user_parameters, quick, [source.stem for source in sources])
+    _save_pipeline_parameters(run_dir, data_dir, user_parameters, quick, [source.stem for source in sources], sweep)
     progress = tqdm(sources, desc="pipeline", unit="notebook", disable=not progress_bar_wanted())
     for source in progress:
         step = Step(source.stem, source, run_dir / "notebooks" / source.name, reports_dir / f"{source.stem}.html")
@@ -117,7 +122,7 @@ def _execute(step: Step, parameters: dict[str, Any]) -> None:
     try:
         papermill.execute_notebook(
             str(step.source), str(step.executed), parameters=parameters, kernel_name="python3",
-            progress_bar=False, cwd=str(step.source.parent),
+            progress_bar=False, cwd=str(step.source.parent), stdout_file=LineEcho(),
         )
     except papermill.PapermillExecutionError as error:
         render_html(step.executed, step.report)
@@ -130,6 +135,35 @@ def _execute(step: Step, parameters: dict[str, Any]) -> None:
     render_html(step.executed, step.report)
 
 
+def compare_runs(run_dirs: list[str | Path], name: str, runs_root: str | Path = "runs",
+                 reports_root: str | Path = "reports", notebooks_dir: str | Path = NOTEBOOKS_DIR) -> Path:
+    """Execute the comparison notebook over `run_dirs` and render it to `reports/compare/<name>.html`."""
+    source = Path(notebooks_dir) / f"{COMPARE_NOTEBOOK}.ipynb"
+    step = Step(name, source, Path(runs_root) / "compare" / f"{name}.ipynb",
+                Path(reports_root) / COMPARE_DIR / f"{name}.html")
+    _execute(step, {"runs": [str(Path(run).resolve()) for run in run_dirs], "title": name})
+    write_index(runs_root, reports_root)
+    return step.report
+
+
+class LineEcho:
+    """Where papermill writes a notebook's stdout as it runs: complete lines go to the terminal (the
+    epoch lines), progress-bar redraws (carriage returns) do not."""
+
+    def __init__(self):
+        self.pending = ""
+
+    def write(self, text: str) -> None:
+        lines = (self.pending + text).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if line.strip() and "\r" not in line:
+                tqdm.write(f"  {line}")
+
+    def flush(self) -> None:
+        pass
+
+
 def render_html(notebook: Path, target: Path) -> Path | None:
     """Render an executed notebook to standalone HTML (figures embedded as data URIs)."""
     if not notebook.exists():
@@ -140,63 +174,17 @@ def render_html(notebook: Path, target: Path) -> Path | None:
     return target
 
 
-INDEX_TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>classifier runs</title>
-<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;border-bottom:1px solid #ddd}</style>
-</head><body><h1>Runs</h1><table>
-<tr><th>run</th><th>date</th><th>final valid acc</th><th>best valid acc</th><th>epochs</th>
-<th>evaluated acc</th><th>reports</th></tr>
-{% for row in rows %}<tr><td>{{ row.name }}</td><td>{{ row.date }}</td><td>{{ row.final }}</td>
-<td>{{ row.best }}</td><td>{{ row.epochs }}</td><td>{{ row.evaluated }}</td>
-<td>{% for page in row.pages %}<a href="{{ row.name }}/{{ page }}.html">{{ page }}</a>
-{% else %}(no reports){% endfor %}</td></tr>
-{% endfor %}</table></body></html>
-"""
-
-
-def write_index(runs_root: str | Path = "runs", reports_root: str | Path = "reports") -> Path:
-    """`reports/index.html`: every run with its date, headline metrics and links to its reports.
-
-    Rendered by jinja2 with autoescaping: run and report names are text, never markup.
-    """
-    reports_root = Path(reports_root)
-    reports_root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for run in reversed(list_runs(runs_root)):
-        metrics = _read_json(run / "metrics.json")
-        rows.append({
-            "name": run.name,
-            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(run.stat().st_mtime)),
-            "final": _fmt(metrics.get("final_valid_acc")),
-            "best": _fmt(metrics.get("best_valid_acc")),
-            "epochs": metrics.get("epochs_done", ""),
-            "evaluated": _fmt(_read_json(run / "evaluation.json").get("accuracy")),
-            "pages": [page.stem for page in sorted((reports_root / run.name).glob("*.html"))],
-        })
-    template = jinja2.Environment(autoescape=True).from_string(INDEX_TEMPLATE)
-    index = reports_root / "index.html"
-    index.write_text(template.render(rows=rows), encoding="utf-8")
-    return index
-
-
 def _save_pipeline_parameters(run_dir: Path, data_dir, parameters: dict[str, Any], quick: bool,
-                              steps: list[str]) -> None:
+                              steps: list[str], sweep: dict[str, Any] | None) -> None:
     """Append this invocation to `pipeline.json`: a partial re-run adds to the record, never replaces it."""
     path = run_dir / "pipeline.json"
-    invocations = _read_json(path).get("invocations", [])
-    invocations.append({"data_dir": str(data_dir), "parameters": parameters, "quick": quick, "steps": steps,
-                        "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    path.write_text(json.dumps({"invocations": invocations}, indent=2) + "\n")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else ""
+    record = read_json(path)
+    record.setdefault("invocations", []).append({
+        "data_dir": str(data_dir), "parameters": parameters, "quick": quick, "steps": steps,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if sweep:
+        record["sweep"] = sweep
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _log_step(step: Step, seconds: float) -> None:

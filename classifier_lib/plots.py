@@ -18,9 +18,10 @@ def _as_hwc(image: torch.Tensor) -> np.ndarray:
 
 
 def history(rows: Sequence[dict]) -> plt.Figure:
-    """Loss and accuracy per epoch, train vs validation, annotated with the best epochs."""
+    """Loss and accuracy per epoch, train vs validation, annotated with the best epochs; and the
+    learning rate each epoch started with."""
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4), gridspec_kw={"width_ratios": [1, 1, 0.7]})
     for ax, metric, best in ((axes[0], "loss", np.argmin), (axes[1], "acc", np.argmax)):
         for split in ("train", "valid"):
             ax.plot(epochs, [r[f"{split}_{metric}"] for r in rows], marker=".", label=split)
@@ -33,6 +34,24 @@ def history(rows: Sequence[dict]) -> plt.Figure:
                title="loss" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)
         ax.legend()
+    axes[2].plot(epochs, [r["lr"] for r in rows], color="gray")
+    axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def compare_histories(histories: dict[str, Sequence[dict]]) -> plt.Figure:
+    """Validation accuracy, validation loss and training loss per epoch of several runs, overlaid."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for name, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        for ax, key in zip(axes, ("valid_acc", "valid_loss", "train_loss")):
+            ax.plot(epochs, [r[key] for r in rows], label=name)
+    for ax, key in zip(axes, ("validation accuracy", "validation loss", "training loss")):
+        ax.set(xlabel="epoch", title=key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -1,6 +1,7 @@
 """Versioned run folders: runs/version_N, never reused, also when two runs start at once."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -54,3 +55,11 @@ def resolve_run(run_dir: str | Path | None, runs_root: str | Path = "runs") -> P
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist")
     return path
+
+
+def read_json(path: str | Path) -> dict:
+    """A run file such as metrics.json, or {} when it is missing or half-written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}

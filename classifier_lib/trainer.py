@@ -116,6 +116,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best_valid_acc, self.best_epoch = -1.0, 0
+        self.valid_logits = torch.empty(0)
 
     # --- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
@@ -181,6 +182,7 @@ class Trainer:
                            data.test_size, self.device, self.dtype)
         logits = predict_logits(self.evaluated_model, self.data.valid.images, self.data.mean, self.data.std,
                                 size=data.tta_size_list, device=self.device, dtype=self.dtype, flip=data.flip_tta)
+        self.valid_logits = logits  # for the epoch's TensorBoard figures
         labels = self.data.valid.labels
         accuracy = multiclass_accuracy(logits, labels, self.num_classes, average="micro")
         return {"valid_loss": F.cross_entropy(logits, labels).item(), "valid_acc": accuracy.item()}

@@ -12,15 +12,15 @@ import papermill
 import pytest
 from conftest import REAL_DATA, make_dataset, needs_real_data
 
-from classifier_lib.pipeline import PIPELINE, PipelineError, check_parameters, run_pipeline, select_steps
+from classifier_lib.pipeline import PIPELINE, LineEcho, PipelineError, check_parameters, run_pipeline, select_steps
 from classifier_lib.widgets import ImageTester
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_there_are_six_numbered_notebooks():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+def test_there_are_seven_numbered_notebooks():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -110,12 +110,20 @@ def test_quick_run_learns_something(quick_pipeline):
     assert labels == {"cat", "dog", "panda"}
 
 
-def test_fast_pipeline_on_a_generated_folder_without_valid(tmp_path):
+def test_notebook_output_is_echoed_line_by_line_without_bar_redraws(capsys):
+    echo = LineEcho()
+    for chunk in ("epoch   1/2  train loss 0.9", "\nepoch   2/2  train loss 0.8\nbar 10%\r", "bar 20%\n", "\n"):
+        echo.write(chunk)
+    assert capsys.readouterr().out.splitlines() == ["  epoch   1/2  train loss 0.9", "  epoch   2/2  train loss 0.8"]
+
+
+def test_fast_pipeline_on_a_generated_folder_without_valid(tmp_path, capsys):
     """The whole pipeline on tiny generated data with no Valid folder: evaluation and activations use
     the part of Train that training held out; a partial re-run really re-runs its steps."""
     data = make_dataset(tmp_path / "data", per_class=(12, 0), valid=False)
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     run_dir = run_pipeline(data, {"epochs": 2, "image_size": 32}, runs_root=runs, reports_root=reports)
+    assert "epoch   2/2  train loss" in capsys.readouterr().out  # training's lines shown as it runs
     for name in PIPELINE:
         page = (reports / run_dir.name / f"{name}.html").read_text()
         assert "data:image/png;base64" in page and "Traceback" not in page, name
@@ -231,7 +239,7 @@ def test_image_tester_escapes_names_from_a_crafted_checkpoint(trained_run, tmp_p
 
 
 def test_report_index_escapes_run_names(tmp_path):
-    from classifier_lib.pipeline import write_index
+    from classifier_lib.report_index import write_index
 
     run = tmp_path / "runs" / "version_0"
     run.mkdir(parents=True)

@@ -1,0 +1,123 @@
+"""Sweeps: one pipeline run per combination of parameter values, one after another, then a comparison page.
+
+    run_pipeline.py --sweep lr=0.1,0.2,0.4 --sweep image_size=64,96
+    run_pipeline.py --sweep train.ema_decay=0,0.99 --sweep-name ema
+
+A name is a notebook parameter (`lr`, `image_size`, `epochs`...) or any config key with its section
+(`train.ema_decay`), which goes into the notebooks' `overrides`. Every combination gets its own
+`runs/version_N`, with the sweep's name and its values in `pipeline.json`. Progress is kept in
+`runs/sweeps/<name>.json`: running the same command again skips the combinations that finished and
+re-runs, in the same run folder, one that failed or was interrupted.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from .pipeline import NOTEBOOKS_DIR, PIPELINE, PipelineError, check_parameters, compare_runs, run_pipeline
+from .runs import new_run_dir, read_json
+
+SWEEPS_DIR = "sweeps"  # runs/sweeps/<name>.json
+
+
+def parse_axes(specs: list[str]) -> dict[str, list[Any]]:
+    """`["lr=0.1,0.2", "image_size=64,96"]` -> `{"lr": [0.1, 0.2], "image_size": [64, 96]}` (YAML scalars)."""
+    axes = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        if not sep or not name.strip() or not values.strip():
+            raise PipelineError(f"a sweep is NAME=VALUE,VALUE...; got {spec!r}")
+        if name.strip() in axes:
+            raise PipelineError(f"{name.strip()!r} is swept twice")
+        axes[name.strip()] = [yaml.safe_load(value) for value in values.split(",")]
+    return axes
+
+
+def combinations(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the last axis varying fastest."""
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def default_name(axes: dict[str, list[Any]]) -> str:
+    """`lr-image_size-<hash of the values>`: the same command gives the same name, so it resumes."""
+    digest = hashlib.sha1(json.dumps(axes, sort_keys=True).encode()).hexdigest()[:6]
+    return "-".join(name.replace(".", "_") for name in axes) + f"-{digest}"
+
+
+def notebook_parameters(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline parameters of one combination: config keys (`section.field`) join `overrides`."""
+    parameters = dict(base)
+    overrides = dict(parameters.get("overrides") or {})
+    for name, value in values.items():
+        if "." in name:
+            overrides[name] = value
+        else:
+            parameters[name] = value
+    if overrides:
+        parameters["overrides"] = overrides
+    return parameters
+
+
+def run_sweep(data_dir: str | Path, axes: dict[str, list[Any]], parameters: dict[str, Any] | None = None,
+              name: str | None = None, quick: bool = False, runs_root: str | Path = "runs",
+              reports_root: str | Path = "reports", notebooks_dir: str | Path = NOTEBOOKS_DIR,
+              steps: list[str] | None = None) -> Path:
+    """Run (or continue) the sweep (`steps`: the notebooks of each run, default all); returns its
+    comparison page. Every combination's parameters are checked before the first run starts."""
+    name = name or default_name(axes)
+    base = dict(parameters or {})
+    todo = combinations(axes)
+    steps = steps or list(PIPELINE)
+    sources = [Path(notebooks_dir) / f"{step}.ipynb" for step in steps]
+    for values in todo:
+        check_parameters(notebook_parameters(base, values), sources)
+    record_path = Path(runs_root) / SWEEPS_DIR / f"{name}.json"
+    record = _open_record(record_path, name, axes, base, quick)
+    for values in tqdm(todo, desc=f"sweep {name}", unit="run"):
+        entry = next((e for e in record["runs"] if e["values"] == values), None)
+        if entry and entry["status"] == "done":
+            tqdm.write(f"sweep {name}: {values} already done in {entry['run_dir']}")
+            continue
+        if entry is None:
+            entry = {"values": values, "run_dir": str(new_run_dir(runs_root).resolve())}
+            record["runs"].append(entry)
+        entry["status"] = "started"
+        _save(record_path, record)
+        tqdm.write(f"sweep {name}: {values} -> {entry['run_dir']}")
+        try:
+            run_pipeline(data_dir, notebook_parameters(base, values), entry["run_dir"], steps, quick=quick,
+                         runs_root=runs_root, reports_root=reports_root, notebooks_dir=notebooks_dir,
+                         sweep={"name": name, "values": values})
+            entry["status"] = "done"
+        except PipelineError as error:
+            entry["status"] = "failed"
+            tqdm.write(f"sweep {name}: {values} failed; run the same command again to retry it\n{error}")
+        _save(record_path, record)
+    failed = [e["values"] for e in record["runs"] if e["status"] != "done"]
+    done = [e["run_dir"] for e in record["runs"] if e["status"] == "done"]
+    page = compare_runs(done, name, runs_root, reports_root, notebooks_dir) if done else None
+    if failed:
+        raise PipelineError(f"sweep {name}: {len(failed)} combination(s) failed: {failed}; "
+                            f"the same command retries them" + (f" (comparison so far: {page})" if page else ""))
+    return page
+
+
+def _open_record(path: Path, name: str, axes: dict, parameters: dict, quick: bool) -> dict:
+    record = read_json(path)
+    settings = {"axes": axes, "parameters": parameters, "quick": quick}
+    if record and {key: record.get(key) for key in settings} != settings:
+        raise PipelineError(f"a sweep named {name!r} exists with other settings ({path}); choose another --sweep-name")
+    return record or {"name": name, **settings, "runs": []}
+
+
+def _save(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)

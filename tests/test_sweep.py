@@ -1,0 +1,89 @@
+"""Sweeps (one pipeline run per combination, resumable) and the run comparison page, on tiny generated data."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_dataset
+
+import classifier_lib.sweep as sweep_module
+from classifier_lib.compare import comparison_table, differences_from_default, differing_keys, flat_config, load_run
+from classifier_lib.config import Config
+from classifier_lib.pipeline import PipelineError
+from classifier_lib.sweep import combinations, default_name, notebook_parameters, parse_axes, run_sweep
+
+
+def test_axes_and_their_combinations():
+    axes = parse_axes(["lr=0.1,0.2", "train.ema_decay=0,0.99", "augment=true,false"])
+    assert axes == {"lr": [0.1, 0.2], "train.ema_decay": [0, 0.99], "augment": [True, False]}
+    assert len(combinations(axes)) == 8
+    assert combinations(axes)[1] == {"lr": 0.1, "train.ema_decay": 0, "augment": False}
+    assert default_name(axes) == default_name(parse_axes(["lr=0.1,0.2", "train.ema_decay=0,0.99", "augment=true,false"]))
+    assert default_name(axes) != default_name(parse_axes(["lr=0.1,0.3", "train.ema_decay=0,0.99", "augment=true,false"]))
+    for bad in (["lr"], ["lr="], ["=1,2"], ["lr=1", "lr=2"]):
+        with pytest.raises(PipelineError):
+            parse_axes(bad)
+
+
+def test_config_keys_go_into_the_overrides():
+    parameters = notebook_parameters({"epochs": 2, "overrides": {"train.mix_p": 0.5}}, {"lr": 0.1, "train.ema_decay": 0})
+    assert parameters == {"epochs": 2, "lr": 0.1, "overrides": {"train.mix_p": 0.5, "train.ema_decay": 0}}
+
+
+def test_a_bad_combination_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(PipelineError, match="train.epochs must be at least 1"):
+        run_sweep(tmp_path / "data", {"train.epochs": [2, 0]}, runs_root=tmp_path / "runs")
+    with pytest.raises(PipelineError, match="unknown parameter"):
+        run_sweep(tmp_path / "data", {"epochz": [1, 2]}, runs_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_differences():
+    default = flat_config(Config().resolved().to_dict())
+    other = default | {"train.lr": 0.1, "data.data_dir": "/elsewhere", "model.widths": (8, 16)}
+    assert differing_keys([default, other]) == ["model.widths", "train.lr"]
+    assert differences_from_default(other) == {"model.widths": (8, 16), "train.lr": 0.1}
+    assert differences_from_default(default) == {}
+
+
+TRAINING = ["02_training"]  # each run of the sweep trains; the comparison page evaluates
+
+
+def test_sweep_runs_each_combination_resumes_after_a_failure_and_compares(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", per_class=(8, 4), test=3)
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    axes = {"train.ema_decay": [0.0, 0.9]}
+    base = {"epochs": 2, "image_size": 32, "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1]}}
+    real_run_pipeline = sweep_module.run_pipeline
+
+    def fails_for_the_second(data_dir, parameters, run_dir, steps, **kwargs):
+        if parameters["overrides"]["train.ema_decay"] == 0.9:
+            raise PipelineError("injected failure")
+        return real_run_pipeline(data_dir, parameters, run_dir, steps, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "run_pipeline", fails_for_the_second)
+    with pytest.raises(PipelineError, match="1 combination"):
+        run_sweep(data, axes, base, name="ema", runs_root=runs, reports_root=reports, steps=TRAINING)
+    record = json.loads((runs / "sweeps" / "ema.json").read_text())
+    assert [entry["status"] for entry in record["runs"]] == ["done", "failed"]
+    first_run_invocations = (runs / "version_0" / "pipeline.json").read_text()
+
+    monkeypatch.setattr(sweep_module, "run_pipeline", real_run_pipeline)
+    page = run_sweep(data, axes, base, name="ema", runs_root=runs, reports_root=reports, steps=TRAINING)
+    record = json.loads((runs / "sweeps" / "ema.json").read_text())
+    assert [entry["status"] for entry in record["runs"]] == ["done", "done"]
+    assert sorted(p.name for p in runs.glob("version_*")) == ["version_0", "version_1"]  # the failed one re-ran in place
+    assert (runs / "version_0" / "pipeline.json").read_text() == first_run_invocations  # the done one did not re-run
+    for run, decay in (("version_0", 0.0), ("version_1", 0.9)):
+        record = load_run(runs / run)
+        assert record.sweep == "ema" and record.config["train.ema_decay"] == decay
+    table = comparison_table([load_run(runs / "version_0"), load_run(runs / "version_1")])
+    assert list(table.columns[:1]) == ["train.ema_decay"] and table["epochs"].tolist() == [2, 2]
+
+    html = page.read_text()
+    assert "train.ema_decay" in html and "data:image/png;base64" in html and "Traceback" not in html
+    assert "Accuracy per class" in html and "Where the runs disagree" in html
+    index = (reports / "index.html").read_text()
+    assert 'href="compare/ema.html"' in index and "train.ema_decay=0.9" in index
+    with pytest.raises(PipelineError, match="exists with other settings"):
+        run_sweep(data, {"train.ema_decay": [0.5]}, base, name="ema", runs_root=runs, reports_root=reports)

@@ -1,0 +1,93 @@
+"""Early stopping, the learning-rate finder and TensorBoard's figures, on tiny generated data."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from classifier_lib.cli import main as cli_main
+from classifier_lib.config import ConfigError
+from classifier_lib.engine import early_stop_reason, train
+from classifier_lib.lr_finder import find_lr, suggest
+from conftest import tiny_config
+
+
+def rows(values, metric="valid_loss"):
+    return [{"epoch": i + 1, metric: value} for i, value in enumerate(values)]
+
+
+def test_early_stop_waits_patience_epochs_after_the_best_loss():
+    history = rows([1.0, 0.8, 0.9, 0.85])
+    assert early_stop_reason(history, patience=3, monitor="valid_loss") == ""
+    history = rows([1.0, 0.8, 0.9, 0.85, 0.81])
+    reason = early_stop_reason(history, patience=3, monitor="valid_loss")
+    assert "not improved for 3 epochs" in reason and "epoch 2" in reason
+    assert early_stop_reason(history, patience=0, monitor="valid_loss") == ""
+
+
+def test_early_stop_on_accuracy_wants_higher_values():
+    history = rows([0.5, 0.7, 0.6, 0.7], metric="valid_acc")  # a tie is no improvement
+    assert "epoch 2" in early_stop_reason(history, patience=2, monitor="valid_acc")
+    assert early_stop_reason(rows([0.5, 0.6, 0.7], "valid_acc"), patience=2, monitor="valid_acc") == ""
+
+
+def test_training_stops_early_and_says_why(tiny_data, tmp_path):
+    # with the learning rate at zero nothing improves after the first epoch
+    config = tiny_config(tiny_data, **{"train.epochs": 10, "train.patience": 2, "train.lr": 1e-12,
+                                       "train.scheduler": "none", "train.ema_decay": 0, "data.augment": False})
+    result = train(config, runs_root=tmp_path / "runs")
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert len(result.history) < 10
+    assert metrics["stop_reason"].startswith("early stopping") and metrics["epochs_done"] == len(result.history)
+    assert result.last_checkpoint.exists()
+
+
+def test_completed_run_records_its_stop_reason(trained_run):
+    result, _ = trained_run
+    assert json.loads((result.run_dir / "metrics.json").read_text())["stop_reason"] == "completed 3 epochs"
+
+
+def test_bad_early_stopping_settings_are_refused(tiny_data):
+    with pytest.raises(ConfigError, match="train.monitor"):
+        tiny_config(tiny_data, **{"train.monitor": "loss"}).validate()
+
+
+def test_tensorboard_gets_figures_activations_and_feature_maps(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, **{"train.epochs": 3, "train.tensorboard_every": 2})
+    result = train(config, runs_root=tmp_path / "runs")
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"valid/confusion_matrix", "valid/predictions"} <= set(tags["images"])
+    assert any(tag.startswith("feature_maps/stage2") for tag in tags["images"])
+    assert "activations/stem" in tags["histograms"]
+    # every second epoch and after the last one: epochs 2 and 3
+    assert [event.step for event in events.Images("valid/confusion_matrix")] == [2, 3]
+
+
+def test_suggestion_is_where_the_loss_falls_fastest():
+    lrs = [10 ** (-4 + i * 0.1) for i in range(50)]
+    losses = [2.0] * 20 + [2.0 - 0.1 * i for i in range(1, 16)] + [0.5 + 0.3 * i for i in range(15)]
+    losses[27] -= 0.3  # the steepest drop: into step 27
+    assert suggest(lrs, losses) == pytest.approx(lrs[27], rel=0.3)
+    assert lrs[20] <= suggest(lrs, losses) <= lrs[34]
+
+
+def test_lr_finder_sweeps_exponentially_and_stops_when_the_loss_explodes(tiny_data):
+    result = find_lr(tiny_config(tiny_data), start_lr=1e-4, end_lr=1e3, steps=40)
+    assert result.lrs[0] == pytest.approx(1e-4)
+    ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))  # exponential
+    assert result.lrs[0] <= result.suggestion <= result.lrs[-1]
+    assert len(result.lrs) <= 40
+    assert result.plot().axes[0].get_xscale() == "log"
+
+
+def test_lr_find_command_saves_the_plot(tiny_data, tmp_path, capsys):
+    plot = tmp_path / "lr.png"
+    code = cli_main(["lr-find", "--data-dir", str(tiny_data), "--steps", "12", "-o", str(plot),
+                     "--set", "model.widths", "8,16", "--set", "model.blocks", "1,1", "--set", "data.image_size", "32",
+                     "--batch-size", "8"])
+    assert code == 0 and plot.stat().st_size > 1000
+    assert "steepest descent" in capsys.readouterr().out
