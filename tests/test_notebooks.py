@@ -1,7 +1,6 @@
 """The committed notebooks: clean, parameterised, and runnable end to end by the pipeline."""
 import json
 import re
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -10,6 +9,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+from browser import browser_page
 from conftest import REAL_DATA, make_dataset, needs_real_data
 
 from classifier_lib.pipeline import PIPELINE, LineEcho, PipelineError, check_parameters, run_pipeline, select_steps
@@ -145,22 +145,18 @@ def test_fast_pipeline_on_a_generated_folder_without_valid(tmp_path, capsys):
 
 @needs_real_data
 @pytest.mark.slow
-def test_report_renders_in_a_headless_browser(quick_pipeline, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    _, reports = quick_pipeline
-    shot = tmp_path / "report.png"
-    completed = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400", "--enable-logging=stderr", "--v=0",
-         f"--screenshot={shot}", (reports / "03_evaluation.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert shot.exists() and shot.stat().st_size > 50_000, completed.stderr[-2000:]
-    console_errors = [line for line in completed.stderr.splitlines() if "CONSOLE" in line and "ERROR" in line.upper()]
-    assert console_errors == []
+def test_reports_open_in_a_browser_with_their_figures_and_no_errors(quick_pipeline):
+    """Every report of a quick run, in chromium: figures decoded, no console error; the index sorts."""
+    run_dir, reports = quick_pipeline
+    with browser_page() as page:
+        for name in PIPELINE:
+            page.goto((reports / f"{name}.html").as_uri())
+            page.wait_for_load_state("load")
+            sizes = page.eval_on_selector_all("img", "images => images.map(img => img.naturalWidth)")
+            assert sizes and min(sizes) > 50, f"{name}: a figure did not render ({sizes})"
+        page.goto((reports.parent / "index.html").as_uri())
+        assert page.locator(f"a[href='{run_dir.name}/03_evaluation.html']").count() == 1
+        assert page.errors == []
 
 
 def test_failing_notebook_names_the_cell_and_keeps_a_partial_report(tmp_path):
