@@ -21,6 +21,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .pipeline import NOTEBOOKS_DIR, PIPELINE, PipelineError, check_parameters, compare_runs, run_pipeline
+from .progress import progress_bar_wanted
 from .runs import new_run_dir, read_json
 
 SWEEPS_DIR = "sweeps"  # runs/sweeps/<name>.json
@@ -79,7 +80,7 @@ def run_sweep(data_dir: str | Path, axes: dict[str, list[Any]], parameters: dict
         check_parameters(notebook_parameters(base, values), sources)
     record_path = Path(runs_root) / SWEEPS_DIR / f"{name}.json"
     record = _open_record(record_path, name, axes, base, quick)
-    for values in tqdm(todo, desc=f"sweep {name}", unit="run"):
+    for values in tqdm(todo, desc=f"sweep {name}", unit="run", disable=not progress_bar_wanted()):
         entry = next((e for e in record["runs"] if e["values"] == values), None)
         if entry and entry["status"] == "done":
             tqdm.write(f"sweep {name}: {values} already done in {entry['run_dir']}")
