@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from . import distributed
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import Config, ConfigError
 from .data import DataLayoutError
@@ -124,6 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train
 
     result = train(config_from_args(args), runs_root=args.runs_dir)
+    if not distributed.is_main():
+        return 0
     print(f"final validation accuracy {result.final_valid_acc:.4f} (last.pt); "
           f"best {result.best_valid_acc:.4f} at epoch {result.best_epoch} (best.pt, chosen on Valid)")
     print(f"run folder: {result.run_dir}")

@@ -94,6 +94,7 @@ class TrainConfig:
     ema_decay: float = 0.99  # exponential moving average of the weights per step; 0 = off
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 (fp16 on GPUs without bf16)
     channels_last: bool = True
+    sync_bn: bool = False  # several GPUs under torchrun: BatchNorm statistics over the global batch
     checkpoint_every: int = 0  # also keep epoch_NNN.pt every N epochs; 0 = only best/last
     patience: int = 0  # early stopping: stop after this many epochs without a better `monitor`; 0 = off
     monitor: str = "valid_loss"  # what early stopping watches: valid_loss (lower is better) | valid_acc

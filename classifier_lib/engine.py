@@ -4,6 +4,8 @@ It loads the data, builds a `Trainer`, trains for `config.train.epochs` epochs i
 `runs/version_N` folder (or continues the run a resume checkpoint belongs to), and after every
 epoch writes last.pt (and best.pt when validation accuracy improved), TensorBoard scalars,
 `metrics.json` and one log line; Ctrl-C keeps the last finished epoch and prints how to resume.
+Under torchrun every process trains its share of each epoch's batches and rank 0 alone validates
+and writes (see `distributed`).
 With `train.patience` it stops early when the monitored validation figure has not improved for that
 many epochs; `metrics.json` records why training stopped.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import read_checkpoint
 from .config import Config
 from .data import DataBundle, load_data
@@ -58,11 +61,22 @@ def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | 
     """Train a model as `config` says; see the module docstring."""
     config = config.validate().resolved()
     device = setup_system(config)
+    try:
+        return _train(config, device, data, run_dir, runs_root)
+    finally:
+        distributed.shutdown()
+
+
+def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) -> TrainResult:
+    main = distributed.is_main()
     resume_state = read_checkpoint(config.train.resume) if config.train.resume else None
-    data = data or load_data(config.data, config.system.seed)
-    run_dir = Path(run_dir) if run_dir else _run_dir_for(config.train.resume, runs_root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.json")
+    with distributed.main_first():  # rank 0 decodes into the cache, the others then read it
+        data = data or load_data(config.data, config.system.seed)
+    if main:
+        run_dir = Path(run_dir) if run_dir else _run_dir_for(config.train.resume, runs_root)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+    run_dir = Path(distributed.broadcast(str(run_dir) if main else None))
     trainer = Trainer(config, data, run_dir, device)
     if resume_state is not None:
         trainer.load_state(resume_state, config.train.resume)
@@ -73,16 +87,18 @@ def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | 
     _log(f"{len(data.train)} training / {len(data.valid)} validation images"
          f"{' (validation images are in the training set: train_on_all)' if config.data.train_on_all else ''}, "
          f"classes {data.class_names}, {len(data.skipped)} files skipped; device {device}, "
-         f"precision {config.train.precision} ({trainer.dtype or 'fp32'})")
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
+         f"precision {config.train.precision} ({trainer.dtype or 'fp32'})"
+         + (f"; {trainer.world} processes, global batch {trainer.world * config.data.batch_size}" if trainer.world > 1 else ""))
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
     start_time = time.perf_counter() - (trainer.history[-1]["elapsed_s"] if trainer.history else 0.0)
     interrupted, stop_reason = False, f"completed {config.train.epochs} epochs"
     try:
         for _ in tqdm(range(trainer.epoch, config.train.epochs), desc="training", initial=trainer.epoch,
-                      total=config.train.epochs, disable=not progress_bar_wanted()):
+                      total=config.train.epochs, disable=not (main and progress_bar_wanted())):
             row = {"epoch": trainer.epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
             row |= trainer.train_epoch()
-            row |= trainer.validate(final=trainer.epoch + 1 == config.train.epochs)
+            # rank 0 validates and every rank takes its figures, so that all decide alike (best, stopping)
+            row |= distributed.broadcast(trainer.validate(final=trainer.epoch + 1 == config.train.epochs) if main else None)
             trainer.epoch += 1
             row["elapsed_s"] = time.perf_counter() - start_time
             trainer.history.append(row)
@@ -96,12 +112,14 @@ def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | 
         interrupted, stop_reason = True, f"interrupted during epoch {trainer.epoch + 1}"
         _log(_interrupt_message(trainer))
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     result = TrainResult(run_dir, trainer.history, trainer.best_valid_acc, trainer.best_epoch, interrupted,
                          stop_reason)
-    if not interrupted:
+    if main and not interrupted:
         _write_hparams(run_dir, config, result)
-    _write_metrics(trainer, result)
+    if main:
+        _write_metrics(trainer, result)
     return result
 
 
@@ -120,11 +138,14 @@ def early_stop_reason(history: list[dict[str, float]], patience: int, monitor: s
             f"(best {values[best]:.4f} at epoch {history[best]['epoch']})")
 
 
-def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter, last: bool) -> None:
+def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter | None, last: bool) -> None:
+    """Track the best epoch; on rank 0 (the writer's) also save checkpoints, logs and metrics."""
     epoch, config = trainer.epoch, trainer.config
     improved = row["valid_acc"] > trainer.best_valid_acc
     if improved:
         trainer.best_valid_acc, trainer.best_epoch = row["valid_acc"], epoch
+    if writer is None:
+        return
     _save_or_warn(trainer, "last.pt")
     if improved:
         _save_or_warn(trainer, "best.pt", selected_on_valid=True)
@@ -214,4 +235,5 @@ def _run_dir_for(resume: str | None, runs_root: str | Path) -> Path:
 
 
 def _log(message: str) -> None:
-    tqdm.write(message, file=sys.stdout)
+    if distributed.is_main():
+        tqdm.write(message, file=sys.stdout)

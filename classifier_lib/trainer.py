@@ -21,11 +21,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from torchmetrics.functional.classification import multiclass_accuracy
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from . import distributed
 from .augment import BatchAugment, normalize, resize
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, ConfigError
@@ -49,22 +51,28 @@ def setup_system(config: Config) -> torch.device:
         torch.set_num_threads(system.threads)
     seed_everything(system.seed)
     torch.use_deterministic_algorithms(system.deterministic, warn_only=True)
-    device = resolve_device(system.device)
+    device = distributed.init(system.device) or resolve_device(system.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not system.deterministic
     return device
 
 
-def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
+def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
+            rank: int = 0, world: int = 1):
     """A DataLoader yielding whole batches straight from the in-memory tensors.
 
     With a generator the order is shuffled and the last incomplete batch dropped (training);
-    without one the order is kept and every sample is seen (evaluation).
+    without one the order is kept and every sample is seen (evaluation). With several processes
+    every rank draws the same order and takes every `world`-th batch from its `rank` on, all ranks
+    the same number of them.
     """
     if generator is not None:
         sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=len(dataset) > batch_size)
     else:
         sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
+    if world > 1:
+        order = list(sampler)
+        sampler = order[rank : len(order) // world * world : world]
     return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=device.type == "cuda")
 
 
@@ -100,11 +108,14 @@ class Trainer:
         self.config, self.data, self.run_dir, self.device = config, data, run_dir, device
         self.dtype = autocast_dtype(config.train.precision, device)
         torch.manual_seed(config.system.seed)  # the same initial weights whatever loading the data consumed
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         self.model = ResNet(len(data.class_names), config.model).to(device)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.network = self._distributed(self.model) if self.world > 1 else self.model  # what training steps run
         self.optimizer = make_optimizer(self.model, config)
-        self.steps_per_epoch = len(batches(data.train, config.data.batch_size, device, torch.Generator()))
+        self.steps_per_epoch = len(batches(data.train, config.data.batch_size, device, torch.Generator(),
+                                           self.rank, self.world))
         self.scheduler = make_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
         self.augment = BatchAugment.from_config(config.data) if config.data.augment else None
@@ -118,16 +129,26 @@ class Trainer:
         self.best_valid_acc, self.best_epoch = -1.0, 0
         self.valid_logits = torch.empty(0)
 
+    def _distributed(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around the model (with SyncBatchNorm if asked: CUDA only)."""
+        if self.config.train.sync_bn:
+            if self.device.type != "cuda":
+                raise ConfigError("train.sync_bn needs CUDA: SyncBatchNorm does not run on the CPU")
+            model = self.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     # --- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(self.epoch_seed())
-        torch.manual_seed(self.epoch_seed())  # dropout, CutMix / MixUp
-        self.model.train()
+        order = torch.Generator().manual_seed(self.epoch_seed())  # the same batch order on every rank
+        # augmentation, dropout and mixing: one stream per rank (the order's own stream in one process)
+        generator = order if self.world == 1 else torch.Generator().manual_seed(self.epoch_seed() * self.world + self.rank)
+        torch.manual_seed(self.epoch_seed() * self.world + self.rank)
+        self.network.train()
         size = train_size(self.config, self.epoch)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        loader = batches(self.data.train, self.config.data.batch_size, self.device, generator)
+        loader = batches(self.data.train, self.config.data.batch_size, self.device, order, self.rank, self.world)
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}", leave=False,
                    disable=not batch_bars_wanted())
         for step, (images, labels) in enumerate(bar):
@@ -142,6 +163,9 @@ class Trainer:
             seen += len(labels)
             if step % BAR_EVERY == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                                                         torch.tensor(float(seen), device=self.device)]))
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
         train_loss = (loss_sum / max(seen, 1)).item()
         if not math.isfinite(train_loss):
             raise FloatingPointError(
@@ -157,7 +181,7 @@ class Trainer:
             images, labels = self.mixer(images, labels, generator)
         inputs = normalize(images, self.data.mean, self.data.std, self.config.train.channels_last)
         with autocast(self.device, self.dtype):
-            logits = self.model(inputs)
+            logits = self.network(inputs)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.train.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
