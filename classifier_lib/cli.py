@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model from scratch (or resume one)")
     add_recipe_arguments(train)
     train.add_argument("--runs-dir", default="runs", help="where run folders version_N are created")
+    train.add_argument("--run-dir", help="train into this (existing or new) folder instead of a new version_N")
     train.add_argument("--train-on-all", action="store_const", const=True, dest="data.train_on_all",
                        help="train on Train + Valid: the final model; its Valid figures are then no score")
     train.add_argument("--resume", help="continue training from this checkpoint (its run folder and config)")
@@ -124,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import train
 
-    result = train(config_from_args(args), runs_root=args.runs_dir)
+    result = train(config_from_args(args), run_dir=args.run_dir, runs_root=args.runs_dir)
     if not distributed.is_main():
         return 0
     print(f"final validation accuracy {result.final_valid_acc:.4f} (last.pt); "

@@ -86,3 +86,18 @@ def test_two_processes_learn_as_well_as_one_with_the_same_global_batch(tmp_path)
     two = json.loads((tmp_path / "two" / "version_0" / "metrics.json").read_text())["final_valid_acc"]
     assert one > 0.5 and two > 0.5  # chance is 0.33; 60.7 % and 63.7 % when this test was written
     assert abs(one - two) < 0.1, (one, two)  # 135 validation images: ~4 points of noise per run
+
+
+def test_the_pipeline_trains_with_torchrun_when_asked(tmp_path, monkeypatch):
+    from classifier_lib.pipeline import run_pipeline
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = make_dataset(tmp_path / "data")
+    parameters = {"epochs": 2, "image_size": 32, "nproc": 2,
+                  "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1], "data.eval_size": 32}}
+    run_dir = run_pipeline(data, parameters, steps=["02_training", "03_evaluation"], runs_root=tmp_path / "runs",
+                           reports_root=tmp_path / "reports")
+    report = (tmp_path / "reports" / run_dir.name / "02_training.html").read_text()
+    assert "2 processes, global batch" in report and "Traceback" not in report
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_done"] == 2
+    assert (run_dir / "evaluation.json").exists()
