@@ -34,7 +34,7 @@ from .progress import progress_bar_wanted
 TRAIN_NAMES = ("Train", "train", "training")
 VALID_NAMES = ("Valid", "valid", "val", "Val", "validation")
 TEST_NAMES = ("Test", "test")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 EXPECTED_LAYOUT = (
     "expected DATA_DIR/Train/<class>/*.jpg (one folder per class), optionally DATA_DIR/Valid/<class>/ "
     "with the same class folders and an unlabelled DATA_DIR/Test/"
@@ -192,44 +192,60 @@ class FlatImageDataset(Dataset):
     def empty(self, count: int) -> torch.Tensor:
         return torch.empty(count, 3, self.size, self.size, dtype=torch.uint8)
 
-    def decode_all(self, workers: int = 0, desc: str = "decoding"):
-        """Decode every file in parallel into one preallocated uint8 N x 3 x S x S tensor.
-
-        Returns (images of the readable files, their indices, (path, reason) of the others).
-        """
+    def stream(self, workers: int = 0, desc: str = "decoding", batch_size: int = 32):
+        """Decode the files in parallel, in order, a batch at a time: yields (uint8 images of the readable
+        files, their indices, (path, reason) of the unreadable ones). Memory holds a few batches only."""
         workers = (workers or usable_cpus()) if len(self) > 32 else 0
         # An earlier loader's iterator can linger in a reference cycle (seen in Jupyter); workers forked now
         # would inherit it, and their garbage collector would print a spurious "can only test a child
         # process" traceback into the notebook. Collect it before forking.
         gc.collect()
-        loader = DataLoader(self, batch_size=32, num_workers=workers, collate_fn=self.collate)
-        images, kept, skipped = self.empty(len(self)), [], []
-        for batch, indices, failures in tqdm(loader, desc=desc, leave=False, disable=not progress_bar_wanted()):
+        loader = DataLoader(self, batch_size=batch_size, num_workers=workers, collate_fn=self.collate)
+        for images, indices, failures in tqdm(loader, desc=desc, leave=False, disable=not progress_bar_wanted()):
+            yield images, indices, [(str(self.paths[index]), reason) for index, reason in failures]
+
+    def decode_all(self, workers: int = 0, desc: str = "decoding", out: torch.Tensor | None = None):
+        """Decode every file into one preallocated uint8 N x 3 x S x S tensor (`out`, e.g. backed by a
+        memory-mapped file, or a new one in memory), readable files first.
+
+        Returns (images of the readable files, their indices, (path, reason) of the others).
+        """
+        images = self.empty(len(self)) if out is None else out
+        kept, skipped = [], []
+        for batch, indices, failures in self.stream(workers, desc):
             images[len(kept) : len(kept) + len(indices)] = batch
             kept += indices
-            skipped += [(str(self.paths[index]), reason) for index, reason in failures]
+            skipped += failures
         return images[: len(kept)], kept, skipped
 
 
 def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0) -> LabelledSplit:
-    """Decode one labelled split, using the on-disk cache when files and preprocessing are unchanged."""
+    """Decode one labelled split into the on-disk cache, or map the cached copy when files and
+    preprocessing are unchanged.
+
+    The images live in a memory-mapped `.npy` file (N x 3 x S x S uint8) written by the decoders as
+    they go: resident memory stays bounded by the batches in use, however large the data set. Only
+    where the cache cannot be written (read-only or full disk) are they held in memory instead.
+    """
     paths, labels, skipped = list_labelled(split_dir, class_names)
-    cache_file = _cache_path(paths, size)
-    if cache_file.exists():
-        try:
-            cached = torch.load(cache_file, weights_only=True)
-            return LabelledSplit(CachedImages(cached["images"], cached["labels"], cached["paths"]),
-                                 _pairs(cached["skipped"]))
-        except Exception:  # a broken cache file is rebuilt, never fatal
-            pass
-    images, kept, unreadable = FlatImageDataset(paths, size).decode_all(workers, f"decoding {split_dir.name}")
+    cache = _cache_path(paths, size)
+    cached = _open_cache(cache)
+    if cached is not None:
+        return cached
+    dataset = FlatImageDataset(paths, size)
+    desc = f"decoding {split_dir.name}"
+    try:
+        images, kept, unreadable = _decode_to_cache(dataset, cache, desc, workers)
+    except OSError:  # the cache only saves time and memory; a read-only or full disk must not stop training
+        images, kept, unreadable = dataset.decode_all(workers, desc)
     if not kept:
         raise DataLayoutError(f"no readable images in {split_dir}")
     split = LabelledSplit(
         CachedImages(images, torch.tensor([labels[i] for i in kept], dtype=torch.long), [str(paths[i]) for i in kept]),
         skipped + unreadable,
     )
-    _save_cache(cache_file, split)
+    if cache.with_suffix(".npy").exists():
+        _write_index(cache, split)
     return split
 
 
@@ -322,27 +338,55 @@ def preprocessing_fingerprint() -> str:
 
 
 def _cache_path(paths: list[Path], size: int) -> Path:
+    """`images_<key>`: `.npy` holds the pixels, `.json` the labels, paths and skipped files."""
     digest = hashlib.sha1(f"{preprocessing_fingerprint()} size={size}".encode())
     for path in paths:
         stat = path.stat()
         digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return cache_dir() / f"images_{digest.hexdigest()[:20]}.pt"
+    return cache_dir() / f"images_{digest.hexdigest()[:20]}"
 
 
-def _save_cache(cache_file: Path, split: LabelledSplit) -> None:
-    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+def _decode_to_cache(dataset: FlatImageDataset, cache: Path, desc: str, workers: int):
+    """Decode straight into a preallocated memory-mapped `.npy` (renamed into place when complete)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}.npy")
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        data = split.data
-        torch.save({"images": data.images, "labels": data.labels, "paths": data.paths,
-                    "skipped": json.dumps(split.skipped)}, tmp)
-        os.replace(tmp, cache_file)
-    except OSError:  # the cache only saves time; a read-only or full disk must not stop training
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                          shape=(len(dataset), 3, dataset.size, dataset.size))
+        images, kept, skipped = dataset.decode_all(workers, desc, out=torch.from_numpy(array))
+        array.flush()
+        os.replace(tmp, cache.with_suffix(".npy"))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return images, kept, skipped
+
+
+def _write_index(cache: Path, split: LabelledSplit) -> None:
+    """The cache entry's `.json`, written last: an entry without it is incomplete and never read."""
+    data = split.data
+    record = {"count": len(data), "labels": data.labels.tolist(), "paths": data.paths, "skipped": split.skipped}
+    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}.json")
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, cache.with_suffix(".json"))
+    except OSError:
         tmp.unlink(missing_ok=True)
 
 
-def _pairs(raw: str) -> list[tuple[str, str]]:
-    return [tuple(pair) for pair in json.loads(raw)]
+def _open_cache(cache: Path) -> LabelledSplit | None:
+    """The cached split, its images memory-mapped (copy-on-write: the file is never changed); None when
+    there is no complete entry. A broken entry is rebuilt, never fatal."""
+    try:
+        record = json.loads(cache.with_suffix(".json").read_text())
+        array = np.load(cache.with_suffix(".npy"), mmap_mode="c")
+        images = torch.from_numpy(array)[: record["count"]]
+        labels = torch.tensor(record["labels"], dtype=torch.long)
+        if len(images) != len(labels) or len(record["paths"]) != len(labels):
+            return None
+        return LabelledSplit(CachedImages(images, labels, record["paths"]), [tuple(p) for p in record["skipped"]])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _first_existing(root: Path, names: tuple[str, ...]) -> Path | None:

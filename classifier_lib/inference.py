@@ -65,15 +65,21 @@ class ClassifierBase:
             self.class_names[index], float(probs[index]), dict(zip(self.class_names, probs.tolist()))
         )
 
-    def predict_folder(self, folder: str | Path, workers: int = 0) -> FolderPredictions:
-        """Predict every image under `folder` (nested folders too); unreadable files are listed, not fatal."""
+    def predict_folder(self, folder: str | Path, workers: int = 0, batch_size: int = 128) -> FolderPredictions:
+        """Predict every image under `folder` (nested folders too) as a stream: decode a batch, predict
+        it, keep only its probabilities; unreadable files are listed, not fatal."""
         dataset = FlatImageDataset.from_folder(folder, self.image_size)
-        images, kept, skipped = dataset.decode_all(workers, desc="decoding test images")
+        kept, skipped, probabilities = [], [], []
+        for images, indices, failures in dataset.stream(workers, "predicting test images", batch_size):
+            if indices:
+                probabilities.append(self.probabilities(images))
+            kept += indices
+            skipped += failures
         if not kept:
             raise DataLayoutError(f"none of the {len(dataset)} image files under {folder} could be read, e.g. "
                                   f"{skipped[0][1]}")
         ids = dataset.ids
-        return FolderPredictions([ids[i] for i in kept], self.probabilities(images), self.class_names, skipped)
+        return FolderPredictions([ids[i] for i in kept], torch.cat(probabilities), self.class_names, skipped)
 
 
 class Predictor(ClassifierBase):

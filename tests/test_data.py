@@ -87,13 +87,13 @@ def test_decoded_split_is_cached_on_disk(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
     splits = find_splits(tiny_data)
     first = load_split(splits.train, splits.class_names, 16).data
-    assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("images_*.json"))) == 1
     second = load_split(splits.train, splits.class_names, 16).data
     assert torch.equal(first.images, second.images) and first.paths == second.paths
     make_image(splits.train / "cat" / "new.png", (1, 2, 3))  # a changed file list is a new cache entry
     third = load_split(splits.train, splits.class_names, 16).data
     assert len(third) == len(first) + 1
-    assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob("images_*.json"))) == 2
 
 
 def test_missing_data_dir_says_what_layout_is_expected(tmp_path):
@@ -118,7 +118,7 @@ def test_cache_is_keyed_by_the_preprocessing_too(tiny_data, tmp_path, monkeypatc
     data_module.preprocessing_fingerprint.cache_clear()
     request.addfinalizer(data_module.preprocessing_fingerprint.cache_clear)  # later tests see the real version
     load_split(splits.train, splits.class_names, 16)
-    assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob("images_*.json"))) == 2
 
 
 def test_cached_paths_are_absolute_whatever_the_working_directory(tiny_data, tmp_path, monkeypatch):
@@ -127,7 +127,7 @@ def test_cached_paths_are_absolute_whatever_the_working_directory(tiny_data, tmp
     first = load_data(DataConfig(data_dir=tiny_data.name, image_size=16))
     monkeypatch.chdir(tiny_data)
     again = load_data(DataConfig(data_dir=".", image_size=16))  # the same files, now from the cache
-    assert len(list((tmp_path / "cache").glob("images_*.pt"))) == 2  # train and valid, reused
+    assert len(list((tmp_path / "cache").glob("images_*.json"))) == 2  # train and valid, reused
     assert first.train.paths == again.train.paths
     assert all(Path(p).is_absolute() and Path(p).exists() for p in again.train.paths)
 
@@ -137,20 +137,35 @@ def test_a_failed_cache_save_leaves_no_temporary_file(tiny_data, tmp_path, monke
 
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
 
-    def disk_full(obj, path):
+    def disk_full(path, **kwargs):
         Path(path).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data_module.torch, "save", disk_full)
+    monkeypatch.setattr(data_module.np.lib.format, "open_memmap", disk_full)
     splits = find_splits(tiny_data)
-    assert len(load_split(splits.train, splits.class_names, 16).data) == 36  # training goes on
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert len(load_split(splits.train, splits.class_names, 16).data) == 36  # decoded in memory instead
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written or temporary file
+
+
+def test_the_cache_is_a_memory_mapped_array_and_an_incomplete_entry_is_rebuilt(tiny_data, tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    splits = find_splits(tiny_data)
+    first = load_split(splits.train, splits.class_names, 16).data
+    pixels = next((tmp_path / "cache").glob("images_*.npy"))
+    on_disk = np.load(pixels, mmap_mode="r")
+    assert on_disk.shape == (36, 3, 16, 16) and np.array_equal(on_disk, first.images.numpy())
+    pixels.with_suffix(".json").unlink()  # as if the process died before finishing the entry
+    again = load_split(splits.train, splits.class_names, 16).data
+    assert torch.equal(again.images, first.images)
+    assert pixels.with_suffix(".json").exists()
 
 
 def test_clear_cache(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
     load_data(DataConfig(data_dir=str(tiny_data), image_size=16))
-    assert clear_cache()[0] == 2 and list((tmp_path / "cache").iterdir()) == []
+    assert clear_cache()[0] == 4 and list((tmp_path / "cache").iterdir()) == []  # pixels and index, 2 splits
 
 
 def test_skipped_files_are_counted_once_without_a_valid_folder(tmp_path):

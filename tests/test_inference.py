@@ -1,9 +1,11 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import COLOURS, make_image
 
 from classifier_lib import cli
 from classifier_lib.checkpoint import CheckpointError
@@ -198,4 +200,21 @@ def test_clear_cache_command(tiny_data, tmp_path, capsys):
 
     load_data(DataConfig(data_dir=str(tiny_data), image_size=16))
     assert cli.main(["clear-cache"]) == 0
-    assert "removed 2 cache files" in capsys.readouterr().out
+    assert "removed 4 cache files" in capsys.readouterr().out  # pixels and index of 2 splits
+
+
+def test_folder_prediction_streams_a_batch_at_a_time(trained_run, tmp_path):
+    """Decode a batch, predict it, keep its probabilities: never the whole folder's pixels at once."""
+    result, _ = trained_run
+    for i in range(10):
+        make_image(tmp_path / "test" / f"sub{i % 2}" / f"{i}.png", COLOURS["panda"], seed=i)
+    (tmp_path / "test" / "broken.jpg").write_bytes(b"not an image")
+    predictor = Predictor(result.last_checkpoint, device="cpu")
+    whole = predictor.predict_folder(tmp_path / "test", workers=1)
+    seen = []
+    original = predictor.probabilities
+    predictor.probabilities = lambda images: seen.append(len(images)) or original(images)
+    streamed = predictor.predict_folder(tmp_path / "test", workers=1, batch_size=4)
+    assert max(seen) <= 4 and sum(seen) == 10
+    assert streamed.ids == whole.ids and torch.allclose(streamed.probabilities, whole.probabilities, atol=1e-6)
+    assert [Path(p).name for p, _ in streamed.skipped] == ["broken.jpg"]
