@@ -72,6 +72,10 @@ class CachedImages(Dataset):
         indices = torch.as_tensor(indices, dtype=torch.long)
         return CachedImages(self.images[indices], self.labels[indices], [self.paths[i] for i in indices])
 
+    def to(self, device: torch.device) -> CachedImages:
+        """The same images and labels on `device` (e.g. the whole set on a GPU it fits on)."""
+        return CachedImages(self.images.to(device), self.labels, self.paths)
+
     def concat(self, other: CachedImages) -> CachedImages:
         return CachedImages(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
                             self.paths + other.paths)

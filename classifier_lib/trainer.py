@@ -13,6 +13,7 @@ scaler reads the scale each step, so that a skipped step advances neither the sc
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -32,7 +33,7 @@ from .augment import BatchAugment, normalize, resize
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, ConfigError
 from .data import CachedImages, DataBundle
-from .device import autocast, autocast_dtype, resolve_device, seed_everything
+from .device import autocast, autocast_dtype, fits_on_gpu, resolve_device, seed_everything
 from .ema import ModelEMA
 from .model import ResNet, flops_per_image
 from .optim import fast_forward, make_optimizer, make_scheduler
@@ -73,7 +74,8 @@ def batches(dataset: CachedImages, batch_size: int, device: torch.device, genera
     if world > 1:
         order = list(sampler)
         sampler = order[rank : len(order) // world * world : world]
-    return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=device.type == "cuda")
+    pin = device.type == "cuda" and not dataset.images.is_cuda
+    return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=pin)
 
 
 def train_size(config: Config, epoch: int) -> int:
@@ -105,6 +107,9 @@ class Trainer:
     """Holds the model, optimizer, schedule and data of one run and trains it epoch by epoch."""
 
     def __init__(self, config: Config, data: DataBundle, run_dir: Path, device: torch.device):
+        if fits_on_gpu(data.train.images.nbytes + data.valid.images.nbytes, device):
+            # the whole decoded set on the GPU: batches are gathered there, no copies from the host
+            data = dataclasses.replace(data, train=data.train.to(device), valid=data.valid.to(device))
         self.config, self.data, self.run_dir, self.device = config, data, run_dir, device
         self.dtype = autocast_dtype(config.train.precision, device)
         torch.manual_seed(config.system.seed)  # the same initial weights whatever loading the data consumed

@@ -42,3 +42,11 @@ def test_fp16_overflow_skips_steps_without_advancing_schedule_or_ema(tiny_data, 
     assert 0 < stepped < trainer.steps_per_epoch  # some steps were skipped, and only those
     assert trainer.ema.updates == stepped
     assert math.isfinite(row["train_loss"])  # skipped steps are not counted
+
+
+def test_a_data_set_that_fits_lives_on_the_gpu_and_trains_there(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, **{"system.device": "cuda"})
+    trainer = Trainer(config, load_data(config.data), tmp_path, torch.device("cuda"))
+    assert trainer.data.train.images.is_cuda and trainer.data.valid.images.is_cuda
+    assert math.isfinite(trainer.train_epoch()["train_loss"])
+    assert 0 <= trainer.validate()["valid_acc"] <= 1
