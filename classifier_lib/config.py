@@ -98,7 +98,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also keep epoch_NNN.pt every N epochs; 0 = only best/last
     patience: int = 0  # early stopping: stop after this many epochs without a better `monitor`; 0 = off
     monitor: str = "valid_loss"  # what early stopping watches: valid_loss (lower is better) | valid_acc
-    tensorboard_every: int = 10  # every N epochs, confusion matrix, predictions and activations to TensorBoard; 0 = off
+    tensorboard_every: int = 25  # every N epochs, confusion matrix, predictions and activations to TensorBoard; 0 = off
     resume: str | None = None
 
 
