@@ -204,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_clear_cache(args: argparse.Namespace) -> int:
-    from .data import cache_dir, clear_cache
+    from .cache import cache_dir, clear_cache
 
     files, freed = clear_cache()
     print(f"removed {files} cache files ({freed / 2**20:.1f} MiB) from {cache_dir()}")

@@ -5,27 +5,21 @@ and `DATA_DIR/{Test,test}/...` (unlabelled, flat or nested). Without a validatio
 stratified, seeded split of the training folder is used.
 
 Every image is decoded once (in parallel), resized to the largest resolution a run needs and kept
-as one `N x 3 x S x S` uint8 tensor; the result is cached on disk keyed by the file list (absolute
-paths, sizes, dates), the size and a fingerprint of the decoding code and Pillow's version, so the
-next run or notebook starts in a second and never reuses pixels decoded another way.
+as one `N x 3 x S x S` uint8 tensor, backed by a memory-mapped file of the on-disk cache (`cache`),
+so the next run or notebook starts in a second and memory stays bounded by the batches in use.
 """
 from __future__ import annotations
 
-import functools
 import gc
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import PIL
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from . import images as images_module
+from .cache import decode_into_cache, entry_for, open_entry, write_entry_index
 from .config import DataConfig
 from .device import usable_cpus
 from .images import IMAGE_EXTENSIONS, UnreadableImage, is_image_file, load_image
@@ -34,7 +28,6 @@ from .progress import progress_bar_wanted
 TRAIN_NAMES = ("Train", "train", "training")
 VALID_NAMES = ("Valid", "valid", "val", "Val", "validation")
 TEST_NAMES = ("Test", "test")
-CACHE_VERSION = 3
 EXPECTED_LAYOUT = (
     "expected DATA_DIR/Train/<class>/*.jpg (one folder per class), optionally DATA_DIR/Valid/<class>/ "
     "with the same class folders and an unlabelled DATA_DIR/Test/"
@@ -232,14 +225,17 @@ def load_split(split_dir: Path, class_names: list[str], size: int, workers: int 
     where the cache cannot be written (read-only or full disk) are they held in memory instead.
     """
     paths, labels, skipped = list_labelled(split_dir, class_names)
-    cache = _cache_path(paths, size)
-    cached = _open_cache(cache)
+    entry = entry_for(paths, size)
+    cached = open_entry(entry)
     if cached is not None:
-        return cached
+        images, cached_labels, cached_paths, cached_skipped = cached
+        return LabelledSplit(CachedImages(images, torch.tensor(cached_labels, dtype=torch.long), cached_paths),
+                             cached_skipped)
     dataset = FlatImageDataset(paths, size)
     desc = f"decoding {split_dir.name}"
     try:
-        images, kept, unreadable = _decode_to_cache(dataset, cache, desc, workers)
+        images, kept, unreadable = decode_into_cache(entry, len(dataset), size,
+                                                     lambda out: dataset.decode_all(workers, desc, out))
     except OSError:  # the cache only saves time and memory; a read-only or full disk must not stop training
         images, kept, unreadable = dataset.decode_all(workers, desc)
     if not kept:
@@ -248,8 +244,7 @@ def load_split(split_dir: Path, class_names: list[str], size: int, workers: int 
         CachedImages(images, torch.tensor([labels[i] for i in kept], dtype=torch.long), [str(paths[i]) for i in kept]),
         skipped + unreadable,
     )
-    if cache.with_suffix(".npy").exists():
-        _write_index(cache, split)
+    write_entry_index(entry, split.data.labels.tolist(), split.data.paths, split.skipped)
     return split
 
 
@@ -319,78 +314,6 @@ def _train_and_valid(splits: Splits, config: DataConfig, seed: int):
     valid_index, train_index = stratified_split(train.data.labels, config.val_fraction, seed)
     source = f"{config.val_fraction:.0%} of {splits.train} held out (stratified, seed {seed}; no Valid folder)"
     return train.data.select(train_index), train.data.select(valid_index), train.skipped, source
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CLASSIFIER_CACHE_DIR", Path.home() / ".cache" / "classifier_lib"))
-
-
-def clear_cache() -> tuple[int, int]:
-    """Delete every decoded-image cache file; returns (files, bytes) removed."""
-    files = list(cache_dir().glob("images_*"))
-    freed = sum(f.stat().st_size for f in files)
-    for f in files:
-        f.unlink(missing_ok=True)
-    return len(files), freed
-
-
-@functools.cache  # one read of images.py per process, not one per split
-def preprocessing_fingerprint() -> str:
-    """Changes whenever decoding could give other pixels: this library's decode code or Pillow's version."""
-    source = Path(images_module.__file__).read_bytes()
-    return hashlib.sha1(source + PIL.__version__.encode() + f"v{CACHE_VERSION}".encode()).hexdigest()[:12]
-
-
-def _cache_path(paths: list[Path], size: int) -> Path:
-    """`images_<key>`: `.npy` holds the pixels, `.json` the labels, paths and skipped files."""
-    digest = hashlib.sha1(f"{preprocessing_fingerprint()} size={size}".encode())
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return cache_dir() / f"images_{digest.hexdigest()[:20]}"
-
-
-def _decode_to_cache(dataset: FlatImageDataset, cache: Path, desc: str, workers: int):
-    """Decode straight into a preallocated memory-mapped `.npy` (renamed into place when complete)."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}.npy")
-    try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                          shape=(len(dataset), 3, dataset.size, dataset.size))
-        images, kept, skipped = dataset.decode_all(workers, desc, out=torch.from_numpy(array))
-        array.flush()
-        os.replace(tmp, cache.with_suffix(".npy"))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return images, kept, skipped
-
-
-def _write_index(cache: Path, split: LabelledSplit) -> None:
-    """The cache entry's `.json`, written last: an entry without it is incomplete and never read."""
-    data = split.data
-    record = {"count": len(data), "labels": data.labels.tolist(), "paths": data.paths, "skipped": split.skipped}
-    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}.json")
-    try:
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, cache.with_suffix(".json"))
-    except OSError:
-        tmp.unlink(missing_ok=True)
-
-
-def _open_cache(cache: Path) -> LabelledSplit | None:
-    """The cached split, its images memory-mapped (copy-on-write: the file is never changed); None when
-    there is no complete entry. A broken entry is rebuilt, never fatal."""
-    try:
-        record = json.loads(cache.with_suffix(".json").read_text())
-        array = np.load(cache.with_suffix(".npy"), mmap_mode="c")
-        images = torch.from_numpy(array)[: record["count"]]
-        labels = torch.tensor(record["labels"], dtype=torch.long)
-        if len(images) != len(labels) or len(record["paths"]) != len(labels):
-            return None
-        return LabelledSplit(CachedImages(images, labels, record["paths"]), [tuple(p) for p in record["skipped"]])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _first_existing(root: Path, names: tuple[str, ...]) -> Path | None:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .config import Config
+from .config import Config, ConfigError
 from .data import DataBundle, load_data
 from .trainer import Trainer, batches, setup_system
 

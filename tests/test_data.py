@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import make_dataset, make_image
 
+from classifier_lib.cache import clear_cache
 from classifier_lib.config import DataConfig
 from classifier_lib.data import (
     DataLayoutError,
     FlatImageDataset,
     channel_stats,
-    clear_cache,
     find_splits,
     load_data,
     load_held_out,
@@ -109,14 +109,14 @@ def test_folder_without_train_is_explained(tmp_path):
 
 def test_cache_is_keyed_by_the_preprocessing_too(tiny_data, tmp_path, monkeypatch, request):
     """Another Pillow version or other decoding code may give other pixels: never reuse the old ones."""
-    import classifier_lib.data as data_module
+    import classifier_lib.cache as cache_module
 
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
     splits = find_splits(tiny_data)
     load_split(splits.train, splits.class_names, 16)
-    monkeypatch.setattr(data_module.PIL, "__version__", "0.0-other")
-    data_module.preprocessing_fingerprint.cache_clear()
-    request.addfinalizer(data_module.preprocessing_fingerprint.cache_clear)  # later tests see the real version
+    monkeypatch.setattr(cache_module.PIL, "__version__", "0.0-other")
+    cache_module.preprocessing_fingerprint.cache_clear()
+    request.addfinalizer(cache_module.preprocessing_fingerprint.cache_clear)  # later tests see the real version
     load_split(splits.train, splits.class_names, 16)
     assert len(list((tmp_path / "cache").glob("images_*.json"))) == 2
 
@@ -133,15 +133,13 @@ def test_cached_paths_are_absolute_whatever_the_working_directory(tiny_data, tmp
 
 
 def test_a_failed_cache_save_leaves_no_temporary_file(tiny_data, tmp_path, monkeypatch):
-    import classifier_lib.data as data_module
-
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
 
     def disk_full(path, **kwargs):
         Path(path).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data_module.np.lib.format, "open_memmap", disk_full)
+    monkeypatch.setattr(np.lib.format, "open_memmap", disk_full)
     splits = find_splits(tiny_data)
     assert len(load_split(splits.train, splits.class_names, 16).data) == 36  # decoded in memory instead
     assert list((tmp_path / "cache").iterdir()) == []  # no half-written or temporary file

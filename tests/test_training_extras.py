@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from classifier_lib.cli import main as cli_main
 from classifier_lib.config import ConfigError
 from classifier_lib.engine import early_stop_reason, train
 from classifier_lib.lr_finder import find_lr, suggest
-from conftest import tiny_config
 
 
 def rows(values, metric="valid_loss"):
@@ -91,3 +91,8 @@ def test_lr_find_command_saves_the_plot(tiny_data, tmp_path, capsys):
                      "--batch-size", "8"])
     assert code == 0 and plot.stat().st_size > 1000
     assert "steepest descent" in capsys.readouterr().out
+
+
+def test_lr_finder_refuses_a_backwards_range(tiny_data):
+    with pytest.raises(ConfigError, match="start_lr < end_lr"):
+        find_lr(tiny_config(tiny_data), start_lr=1.0, end_lr=0.1)
