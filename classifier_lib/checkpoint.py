@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import __version__
 from .config import Config
@@ -29,7 +30,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedModel:
-    model: ResNet
+    model: nn.Module  # a ResNet, or an EnsembleModel of several
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -82,17 +83,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     config = Config.from_dict(state["config"])
     if "eval_size" not in state:  # written before test sizes existed: it tested at its training size
         config.data.eval_size = int(state["image_size"])
-    model = ResNet(len(state["class_names"]), config.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {_first_line(error)}") from None
+    classes = len(state["class_names"])
+    if "members" in state:  # an ensemble file (ensemble.py)
+        from .ensemble import EnsembleModel
+
+        members = [_resnet(member["model"], Config.from_dict(member["config"]), classes, path)
+                   for member in state["members"]]
+        model = EnsembleModel(members, [m["mean"] for m in state["members"]], [m["std"] for m in state["members"]])
+    else:
+        model = _resnet(state["model"], config, classes, path)
     model.to(device).eval()
     image_size = int(state["image_size"])
     return LoadedModel(
         model, list(state["class_names"]), tuple(state["mean"]), tuple(state["std"]), image_size,
         int(state.get("eval_size", image_size)), config, state,
     )
+
+
+def _resnet(weights: dict, config: Config, classes: int, path) -> ResNet:
+    model = ResNet(classes, config.model)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {_first_line(error)}") from None
+    return model
 
 
 def _first_line(error: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier_lib {train,lr-find,evaluate,predict,submit,export,clear-cache} ...`."""
+"""Command line: `python -m classifier_lib {train,lr-find,evaluate,predict,submit,export,ensemble,clear-cache} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--float-input", action="store_true", help="take float32 images in [0, 1] instead of uint8")
     export.add_argument("--data-dir", help="check parity on this folder's validation images "
                         "(default: the checkpoint's data folder when it exists, else generated images)")
+    ensemble = commands.add_parser("ensemble", help="several checkpoints in one file that averages their probabilities")
+    ensemble.add_argument("checkpoints", nargs="+")
+    ensemble.add_argument("-o", "--output", required=True)
     commands.add_parser("clear-cache", help="delete the decoded-image cache (~/.cache/classifier_lib)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     return parser
@@ -203,6 +206,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import make_ensemble
+
+    path = make_ensemble(args.checkpoints, args.output)
+    print(f"wrote {path}: the average of {len(args.checkpoints)} models; use it like any checkpoint")
+    return 0
+
+
 def cmd_clear_cache(args: argparse.Namespace) -> int:
     from .cache import cache_dir, clear_cache
 
@@ -214,7 +225,8 @@ def cmd_clear_cache(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit,
-                "export": cmd_export, "clear-cache": cmd_clear_cache, "lr-find": cmd_lr_find}
+                "export": cmd_export, "clear-cache": cmd_clear_cache, "lr-find": cmd_lr_find,
+                "ensemble": cmd_ensemble}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:  # outside training's own handler, e.g. while decoding images

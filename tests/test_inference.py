@@ -11,6 +11,7 @@ from classifier_lib import cli
 from classifier_lib.checkpoint import CheckpointError
 from classifier_lib.data import find_splits
 from classifier_lib.evaluation import evaluate_checkpoint
+from classifier_lib.images import load_image
 from classifier_lib.inference import Predictor, write_submission
 
 
@@ -218,3 +219,39 @@ def test_folder_prediction_streams_a_batch_at_a_time(trained_run, tmp_path):
     assert max(seen) <= 4 and sum(seen) == 10
     assert streamed.ids == whole.ids and torch.allclose(streamed.probabilities, whole.probabilities, atol=1e-6)
     assert [Path(p).name for p, _ in streamed.skipped] == ["broken.jpg"]
+
+
+def test_an_ensemble_file_predicts_the_average_of_its_members(tiny_data, tmp_path, capsys):
+    from classifier_lib.engine import train
+    from conftest import tiny_config
+
+    # without flip TTA: each view's probabilities are averaged over the members exactly (with TTA the
+    # views are then averaged on the log scale, as logits are)
+    members = [train(tiny_config(tiny_data, **{"system.seed": seed, "train.epochs": 2, "data.flip_tta": False}),
+                     runs_root=tmp_path / "runs").last_checkpoint for seed in (0, 1)]
+    ensemble = tmp_path / "ensemble.pt"
+    assert cli.main(["ensemble", *map(str, members), "-o", str(ensemble)]) == 0
+    images = find_splits(tiny_data)
+    batch = torch.stack([load_image(p, 32) for p in sorted((images.valid / "cat").iterdir())[:4]])
+    expected = torch.stack([Predictor(m, device="cpu", precision="fp32").probabilities(batch) for m in members]).mean(0)
+    together = Predictor(ensemble, device="cpu", precision="fp32").probabilities(batch)
+    assert torch.allclose(together, expected, atol=1e-5)
+    assert not torch.allclose(together, Predictor(members[0], device="cpu", precision="fp32").probabilities(batch))
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(ensemble), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 18
+    assert cli.main(["submit", str(ensemble), str(tiny_data / "Test"), "-o", str(tmp_path / "sub.csv")]) == 0
+
+
+def test_an_ensemble_refuses_members_that_do_not_match(trained_run, tiny_data, tmp_path):
+    from classifier_lib.engine import train
+    from classifier_lib.ensemble import make_ensemble
+    from conftest import tiny_config
+
+    result, _ = trained_run
+    other_size = train(tiny_config(tiny_data, **{"data.image_size": 48, "data.eval_size": 48, "train.epochs": 1}),
+                       runs_root=tmp_path / "runs").last_checkpoint
+    with pytest.raises(CheckpointError, match="share the decode size"):
+        make_ensemble([result.last_checkpoint, other_size], tmp_path / "e.pt")
+    with pytest.raises(CheckpointError, match="at least two"):
+        make_ensemble([result.last_checkpoint], tmp_path / "e.pt")
