@@ -57,15 +57,17 @@ class BatchAugment:
         contrast: float = 0.3,
         saturation: float = 0.3,
         equalize_p: float = 0.1,
+        grey_p: float = 0.0,
+        blur_p: float = 0.0,
     ):
         self.zoom, self.aspect, self.rotate, self.shift = zoom, aspect, math.radians(rotate_degrees), shift
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
-        self.equalize_p = equalize_p
+        self.equalize_p, self.grey_p, self.blur_p = equalize_p, grey_p, blur_p
 
     @classmethod
     def from_config(cls, data: DataConfig) -> BatchAugment:
         return cls(zoom=(1.0, data.zoom), rotate_degrees=data.rotate, brightness=data.jitter, contrast=data.jitter,
-                   saturation=data.jitter, equalize_p=data.equalize_p)
+                   saturation=data.jitter, equalize_p=data.equalize_p, grey_p=data.grey_p, blur_p=data.blur_p)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
                  size: int | None = None) -> torch.Tensor:
@@ -80,7 +82,21 @@ class BatchAugment:
             images = torch.where(chosen, TF.equalize(images), images)
         images = resize(images.float().div_(255.0), size)
         images = self._affine(images, uniform)
-        return self._colour(images, uniform).clamp_(0.0, 1.0)
+        images = self._colour(images, uniform).clamp_(0.0, 1.0)
+        return self._grey_and_blur(images, uniform)
+
+    def _grey_and_blur(self, images, uniform):
+        """Photos unlike the training set's: some turned grey, some blurred (no random draw when off,
+        so recipes without them keep their exact randomness)."""
+        n = images.shape[0]
+        if self.grey_p > 0:
+            chosen = (uniform(0, 1) < self.grey_p).view(n, 1, 1, 1)
+            images = torch.where(chosen, TF.rgb_to_grayscale(images).expand_as(images), images)
+        if self.blur_p > 0:
+            chosen = (uniform(0, 1) < self.blur_p).view(n, 1, 1, 1)
+            sigma = float(uniform(0.3, 1.5, (1,)))  # pixels at the training size; one strength per batch
+            images = torch.where(chosen, TF.gaussian_blur(images, kernel_size=5, sigma=sigma), images)
+        return images
 
     def _affine(self, images, uniform):
         zoom = torch.exp(uniform(math.log(self.zoom[0]), math.log(self.zoom[1])))

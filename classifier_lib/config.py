@@ -43,6 +43,8 @@ class DataConfig:
     rotate: float = 15.0  # degrees, either way
     jitter: float = 0.3  # brightness / contrast / saturation, each by up to this fraction
     equalize_p: float = 0.1  # chance of histogram equalisation per image
+    grey_p: float = 0.0  # chance of turning an image grey: for photos unlike the training set's
+    blur_p: float = 0.0  # chance of a Gaussian blur (sigma 0.3-1.5 px): likewise
     flip_tta: bool = True  # evaluate and predict on each image and its mirror image, averaged
     tta_sizes: int = 1  # 1: predict at the test size; 3: also 16 px below and above it, averaged
     workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per usable core
@@ -149,6 +151,7 @@ class Config:
             (data.tta_sizes in (1, 3), f"data.tta_sizes must be 1 or 3, got {data.tta_sizes}"),
             (0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {data.val_fraction}"),
             (0 <= train.mix_p <= 1, f"train.mix_p must be in [0, 1], got {train.mix_p}"),
+            (0 <= data.grey_p <= 1 and 0 <= data.blur_p <= 1, "data.grey_p and data.blur_p must be in [0, 1]"),
             (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),
             (train.lr > 0, f"train.lr must be positive, got {train.lr}"),
             (train.precision in ("auto", "fp32", "bf16", "fp16"),

@@ -59,3 +59,15 @@ def test_tta_sizes_are_on_the_stride_grid_and_decoded_large_enough():
     data = DataConfig(image_size=64, eval_size=80, tta_sizes=3)
     assert data.tta_size_list == [64, 80, 96] and data.decode_size == 96
     assert DataConfig(image_size=64, eval_size=64).tta_size_list == [64]
+
+
+def test_grey_and_blur_touch_only_the_chosen_images():
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    identity = dict(zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0,
+                    saturation=0.0, equalize_p=0.0)
+    grey = BatchAugment(**identity, grey_p=0.5)(images, torch.Generator().manual_seed(0))
+    is_grey = [bool((image[0] == image[1]).all() and (image[1] == image[2]).all()) for image in grey]
+    assert 10 < sum(is_grey) < 54  # about half
+    always = BatchAugment(**identity, blur_p=1.0)(images, torch.Generator().manual_seed(0))
+    plain = BatchAugment(**identity)(images, torch.Generator().manual_seed(0))
+    assert always.std() < plain.std()  # blurred noise is smoother
