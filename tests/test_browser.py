@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import papermill
@@ -17,6 +18,28 @@ from browser import browser_page
 ROOT = Path(__file__).resolve().parents[1]
 TESTER = ROOT / "notebooks" / "06_image_tester.ipynb"
 SCREENSHOT = os.environ.get("CLASSIFIER_SCREENSHOT_DIR")  # e.g. docs/ to refresh the README's picture
+
+
+@contextmanager
+def screenshot_on_failure(page, path: Path):
+    """When a step fails, keep what the browser showed (its path is in the failure message)."""
+    try:
+        yield
+    except Exception as error:
+        page.screenshot(path=str(path), full_page=True)
+        raise AssertionError(f"{error}\nscreenshot of the page: {path}") from error
+
+
+def accept_kernel_dialog(page) -> None:
+    """JupyterLab sometimes asks which kernel to start (a fresh settings folder): take the proposed one."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    try:
+        accept.wait_for(timeout=10_000)
+    except PlaywrightTimeoutError:  # no dialog: the notebook's kernel started by itself
+        return
+    accept.click()
 
 
 def free_port() -> int:
@@ -63,9 +86,10 @@ def test_image_tester_in_jupyterlab_predicts_an_uploaded_image(trained_run, jupy
     papermill.execute_notebook(str(TESTER), str(tmp_path / "tester.ipynb"), prepare_only=True,
                                parameters={"data_dir": str(data_dir), "runs_dir": str(result.run_dir.parent)})
     image = next((data_dir / "Valid" / "panda").iterdir())
-    with browser_page() as page:
+    with browser_page() as page, screenshot_on_failure(page, tmp_path / "failure.png"):
         page.goto(f"{url}/lab/tree/tester.ipynb?token={token}")
         page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
+        accept_kernel_dialog(page)
         page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120_000)
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
