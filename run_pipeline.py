@@ -29,7 +29,7 @@ def parse_value(text: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=default_data_dir(),
-                        help="dataset folder (default: $CLASSIFIER_DATA_DIR, else data/)")
+                        help="dataset folder (default: $CLASSIFIER_DATA_DIR, else the project's data/)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter, passed to every notebook that declares it")
     parser.add_argument("-f", "--parameters-file", help="a YAML file of notebook parameters")

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_recipe_arguments(command: argparse.ArgumentParser) -> None:
     """The options that make a training config: data folder, preset, config file, the seed's flags, --set."""
-    command.add_argument("--data-dir", help="dataset folder (default: $CLASSIFIER_DATA_DIR, else data/)")
+    command.add_argument("--data-dir", help="dataset folder (default: $CLASSIFIER_DATA_DIR, else the project's data/)")
     command.add_argument("--config", help="a config.json to start from (e.g. from an earlier run folder)")
     command.add_argument("--preset", choices=list(PRESETS), help="a recipe for a time budget (see the README)")
     for flag, (key, kind) in SEED_FLAGS.items():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import nbformat
 import papermill
 from nbconvert import HTMLExporter
@@ -164,12 +165,22 @@ class LineEcho:
         pass
 
 
+# JupyterLab's report template without the two scripts it fetches from a CDN (require.js and MathJax):
+# the reports hold no JavaScript outputs and no LaTeX, and must open offline without errors.
+OFFLINE_TEMPLATE = jinja2.DictLoader({"offline.html.j2": (
+    "{%- extends 'lab/index.html.j2' -%}"
+    "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}"
+    "{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}"
+)})
+
+
 def render_html(notebook: Path, target: Path) -> Path | None:
     """Render an executed notebook to standalone HTML (figures embedded as data URIs)."""
     if not notebook.exists():
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    exporter = HTMLExporter(embed_images=True, extra_loaders=[OFFLINE_TEMPLATE], template_file="offline.html.j2")
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     target.write_text(body, encoding="utf-8")
     return target
 

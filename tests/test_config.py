@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import json
 
 import pytest
@@ -35,7 +37,7 @@ def test_data_dir_defaults_to_environment(monkeypatch):
     monkeypatch.setenv("CLASSIFIER_DATA_DIR", "/somewhere/else")
     assert Config().data.data_dir == "/somewhere/else"
     monkeypatch.delenv("CLASSIFIER_DATA_DIR")
-    assert Config().data.data_dir == "data"
+    assert Config().data.data_dir == str(Path(__file__).resolve().parents[1] / "data")  # the project's data/
 
 
 def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_data):
