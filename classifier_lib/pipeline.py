@@ -165,13 +165,12 @@ class LineEcho:
         pass
 
 
-# JupyterLab's report template without the two scripts it fetches from a CDN (require.js and MathJax):
-# the reports hold no JavaScript outputs and no LaTeX, and must open offline without errors.
-OFFLINE_TEMPLATE = jinja2.DictLoader({"offline.html.j2": (
-    "{%- extends 'lab/index.html.j2' -%}"
-    "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}"
-    "{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}"
-)})
+# JupyterLab's report template without the scripts it fetches from CDNs (require.js, MathJax, mermaid
+# and the widget manager, which would only redraw the progress bars): the reports hold figures, tables
+# and text, no LaTeX and no live widgets, and must open offline without errors.
+OFFLINE_TEMPLATE = jinja2.DictLoader({"offline.html.j2": "{%- extends 'lab/index.html.j2' -%}" + "".join(
+    f"{{%- block {name} -%}}{{%- endblock {name} -%}}"
+    for name in ("html_head_js_requirejs", "jupyter_widgets", "html_head_js_mathjax", "html_head_js_mermaidjs"))})
 
 
 def render_html(notebook: Path, target: Path) -> Path | None:

@@ -16,7 +16,7 @@ def chromium_path() -> str:
 
 @contextmanager
 def browser_page(width: int = 1300, height: int = 1000):
-    """A fresh page; `page.errors` collects console errors and uncaught exceptions."""
+    """A fresh page; `page.errors` collects console errors, uncaught exceptions and failed loads."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency (pip install -e .[test])")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
@@ -25,6 +25,7 @@ def browser_page(width: int = 1300, height: int = 1000):
             page.errors = []
             page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
             page.on("pageerror", lambda error: page.errors.append(str(error)))
+            page.on("requestfailed", lambda request: page.errors.append(f"could not load {request.url}"))
             yield page
         finally:
             browser.close()
