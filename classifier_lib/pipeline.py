@@ -18,6 +18,7 @@ import papermill
 from nbconvert import HTMLExporter
 from tqdm.auto import tqdm
 
+from .compare import load_run
 from .config import Config, ConfigError
 from .progress import progress_bar_wanted
 from .report_index import COMPARE_DIR, write_index
@@ -139,6 +140,8 @@ def _execute(step: Step, parameters: dict[str, Any]) -> None:
 def compare_runs(run_dirs: list[str | Path], name: str, runs_root: str | Path = "runs",
                  reports_root: str | Path = "reports", notebooks_dir: str | Path = NOTEBOOKS_DIR) -> Path:
     """Execute the comparison notebook over `run_dirs` and render it to `reports/compare/<name>.html`."""
+    for run in run_dirs:
+        load_run(run)  # a clear error for a folder that is not a training run, before any notebook starts
     source = Path(notebooks_dir) / f"{COMPARE_NOTEBOOK}.ipynb"
     step = Step(name, source, Path(runs_root) / "compare" / f"{name}.ipynb",
                 Path(reports_root) / COMPARE_DIR / f"{name}.html")

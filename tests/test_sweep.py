@@ -87,3 +87,22 @@ def test_sweep_runs_each_combination_resumes_after_a_failure_and_compares(tmp_pa
     assert 'href="compare/ema.html"' in index and "train.ema_decay=0.9" in index
     with pytest.raises(PipelineError, match="exists with other settings"):
         run_sweep(data, {"train.ema_decay": [0.5]}, base, name="ema", runs_root=runs, reports_root=reports)
+
+
+def test_compare_any_runs_from_the_command_line(tiny_data, tmp_path, capsys):
+    import run_pipeline
+    from conftest import tiny_config
+
+    from classifier_lib.engine import train
+
+    runs = [train(tiny_config(tiny_data, **{"train.lr": lr}), runs_root=tmp_path / "runs").run_dir for lr in (0.05, 0.1)]
+    code = run_pipeline.main(["--compare", *map(str, runs), "--runs-dir", str(tmp_path / "runs"),
+                              "--reports-dir", str(tmp_path / "reports")])
+    assert code == 0
+    page = tmp_path / "reports" / "compare" / "version_0-version_1.html"
+    html = page.read_text()
+    assert "train.lr" in html and "data:image/png;base64" in html and "Traceback" not in html
+    assert str(page) in capsys.readouterr().out
+    capsys.readouterr()
+    assert run_pipeline.main(["--compare", str(tmp_path / "nowhere")]) == 1
+    assert "is not a training run folder" in capsys.readouterr().err
