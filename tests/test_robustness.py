@@ -324,7 +324,7 @@ def test_ctrl_c_keeps_last_checkpoint_and_prints_the_resume_command(slow_data, t
     _wait_for(run / "metrics.json", process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == 130, out[-3000:] + err[-3000:]
     assert "Resume with:" in out and f"--resume {run / 'checkpoints' / 'last.pt'}" in out
     epochs_done = json.loads((run / "metrics.json").read_text())["epochs_done"]
     assert read_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == epochs_done >= 1
