@@ -318,8 +318,11 @@ def test_ctrl_c_keeps_last_checkpoint_and_prints_the_resume_command(slow_data, t
     import json
 
     env = os.environ | {"TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    # A shell starts background jobs with SIGINT ignored (`nohup make test &`), and Python then keeps
+    # ignoring it: give the child the default disposition, as a terminal's Ctrl-C would find it.
     process = subprocess.Popen(_train_command(slow_data, tmp_path / "runs", 50), env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "runs" / "version_0"
     _wait_for(run / "metrics.json", process)
     process.send_signal(signal.SIGINT)
