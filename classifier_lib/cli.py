@@ -1,4 +1,4 @@
-"""Command line: `python -m classifier_lib {train,lr-find,evaluate,predict,submit,export,ensemble,clear-cache} ...`."""
+"""Command line: `python -m classifier_lib {train,lr-find,evaluate,predict,submit,export,ensemble,pseudo-label,clear-cache}`."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble = commands.add_parser("ensemble", help="several checkpoints in one file that averages their probabilities")
     ensemble.add_argument("checkpoints", nargs="+")
     ensemble.add_argument("-o", "--output", required=True)
+    pseudo = commands.add_parser("pseudo-label", help="copy the unlabelled images a model is confident about into "
+                                 "class folders, for training a student with --set data.extra_train_dir")
+    pseudo.add_argument("checkpoint")
+    pseudo.add_argument("folder", help="unlabelled images (flat or nested), e.g. DATA_DIR/Test")
+    pseudo.add_argument("-o", "--output", required=True, help="a new folder: OUTPUT/<class>/ and pseudo_labels.csv")
+    pseudo.add_argument("--threshold", type=float, default=0.9, help="keep images whose top probability is at least this")
+    pseudo.add_argument("--device", default="auto")
     commands.add_parser("clear-cache", help="delete the decoded-image cache (~/.cache/classifier_lib)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     return parser
@@ -214,6 +221,15 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from .pseudo import pseudo_label
+
+    result = pseudo_label(args.checkpoint, args.folder, args.output, args.threshold, args.device)
+    print(result.summary())
+    print(f"train a student on them with: --set data.extra_train_dir {result.out_dir}")
+    return 0
+
+
 def cmd_clear_cache(args: argparse.Namespace) -> int:
     from .cache import cache_dir, clear_cache
 
@@ -226,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit,
                 "export": cmd_export, "clear-cache": cmd_clear_cache, "lr-find": cmd_lr_find,
-                "ensemble": cmd_ensemble}
+                "ensemble": cmd_ensemble, "pseudo-label": cmd_pseudo_label}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:  # outside training's own handler, e.g. while decoding images

@@ -48,6 +48,7 @@ class DataConfig:
     flip_tta: bool = True  # evaluate and predict on each image and its mirror image, averaged
     tta_sizes: int = 1  # 1: predict at the test size; 3: also 16 px below and above it, averaged
     workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per usable core
+    extra_train_dir: str = ""  # more labelled images for training only, e.g. from the pseudo-label command
     train_on_all: bool = False  # train on Train + Valid (the final model); its Valid figures are then no score
 
     @property

@@ -138,11 +138,17 @@ def list_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return images, skipped
 
 
-def list_labelled(split_dir: Path, class_names: list[str]) -> tuple[list[Path], list[int], list[tuple[str, str]]]:
+def list_labelled(split_dir: Path, class_names: list[str], every_class: bool = True):
+    """(image paths, their labels, skipped (path, reason)) of a labelled folder. With `every_class`
+    False (an extra training folder) a class may be missing, but no folder may name an unknown one."""
+    unknown = sorted(set(class_folders(split_dir)) - set(class_names))
+    if unknown:
+        raise DataLayoutError(f"{split_dir} has class folders {unknown} that the training data does not have "
+                              f"{class_names}")
     paths, labels, skipped = [], [], []
     for label, name in enumerate(class_names):
-        class_paths, class_skipped = list_images(split_dir / name)
-        if not class_paths:
+        class_paths, class_skipped = list_images(split_dir / name) if (split_dir / name).is_dir() else ([], [])
+        if not class_paths and every_class:
             raise DataLayoutError(f"class folder {split_dir / name} holds no images; {EXPECTED_LAYOUT}")
         paths += class_paths
         labels += [label] * len(class_paths)
@@ -216,7 +222,8 @@ class FlatImageDataset(Dataset):
         return images[: len(kept)], kept, skipped
 
 
-def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0) -> LabelledSplit:
+def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0,
+               every_class: bool = True) -> LabelledSplit:
     """Decode one labelled split into the on-disk cache, or map the cached copy when files and
     preprocessing are unchanged.
 
@@ -224,7 +231,7 @@ def load_split(split_dir: Path, class_names: list[str], size: int, workers: int 
     they go: resident memory stays bounded by the batches in use, however large the data set. Only
     where the cache cannot be written (read-only or full disk) are they held in memory instead.
     """
-    paths, labels, skipped = list_labelled(split_dir, class_names)
+    paths, labels, skipped = list_labelled(split_dir, class_names, every_class)
     entry = entry_for(paths, size)
     cached = open_entry(entry)
     if cached is not None:
@@ -282,6 +289,9 @@ def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
     if config.subset < 1.0:
         train = train.select(stratified_split(train.labels, config.subset, seed)[0])
         valid = valid.select(stratified_split(valid.labels, config.subset, seed)[0])
+    if config.extra_train_dir:
+        extra = load_extra(config, splits.class_names)
+        train, skipped = train.concat(extra.data), skipped + extra.skipped
     if config.train_on_all:
         train = train.concat(valid)
     missing = sorted(set(range(len(splits.class_names))) - set(train.labels.tolist()))
@@ -302,6 +312,14 @@ def load_held_out(config: DataConfig, seed: int, split: str = "valid") -> tuple[
         return load_split(splits.valid, splits.class_names, config.decode_size, config.workers).data, str(splits.valid)
     train, valid, _, valid_source = _train_and_valid(splits, config, seed)
     return (valid, valid_source) if split == "valid" else (train, f"{splits.train} less the validation split")
+
+
+def load_extra(config: DataConfig, class_names: list[str]) -> LabelledSplit:
+    """`data.extra_train_dir`: more labelled images for training only (e.g. pseudo-labelled ones)."""
+    folder = Path(config.extra_train_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise DataLayoutError(f"data.extra_train_dir {folder} does not exist")
+    return load_split(folder, class_names, config.decode_size, config.workers, every_class=False)
 
 
 def _train_and_valid(splits: Splits, config: DataConfig, seed: int):
