@@ -11,9 +11,7 @@ many epochs; `metrics.json` records why training stopped.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -29,7 +27,7 @@ from .config import Config
 from .data import DataBundle, load_data
 from .model import count_parameters
 from .progress import progress_bar_wanted
-from .runs import new_run_dir
+from .runs import new_run_dir, write_json
 from .tb_figures import log_figures
 from .trainer import Trainer, setup_system
 
@@ -206,10 +204,7 @@ def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
         "interrupted": bool(result and result.interrupted),
         "stop_reason": result.stop_reason if result else "running",
     }
-    path = trainer.run_dir / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(trainer.run_dir / "metrics.json", metrics)
 
 
 def _write_hparams(run_dir: Path, config: Config, result: TrainResult) -> None:

@@ -63,13 +63,12 @@ def write_index(runs_root: str | Path = "runs", reports_root: str | Path = "repo
 
 
 def _row(run: Path, reports_root: Path) -> dict:
-    metrics = read_json(run / "metrics.json")
-    history = metrics.get("history") or [{}]
     try:
         record = load_run(run)
-        changes, sweep = differences_from_default(record.config), record.sweep
+        changes, sweep, metrics = differences_from_default(record.config), record.sweep, record.metrics
     except (FileNotFoundError, ValueError):  # no training yet, or a config from elsewhere
-        changes, sweep = {}, ""
+        changes, sweep, metrics = {}, "", read_json(run / "metrics.json")
+    history = metrics.get("history") or [{}]
     return {
         "name": run.name,
         "number": int(run.name.rsplit("_", 1)[-1]),

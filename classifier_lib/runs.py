@@ -63,3 +63,12 @@ def read_json(path: str | Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def write_json(path: str | Path, record: dict) -> None:
+    """Write a run file whole or not at all (a reader never sees it half-written): a temporary file, renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)

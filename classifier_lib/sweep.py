@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .pipeline import NOTEBOOKS_DIR, PIPELINE, PipelineError, check_parameters, compare_runs, run_pipeline
 from .progress import progress_bar_wanted
-from .runs import new_run_dir, read_json
+from .runs import new_run_dir, read_json, write_json
 
 SWEEPS_DIR = "sweeps"  # runs/sweeps/<name>.json
 
@@ -89,7 +89,7 @@ def run_sweep(data_dir: str | Path, axes: dict[str, list[Any]], parameters: dict
             entry = {"values": values, "run_dir": str(new_run_dir(runs_root).resolve())}
             record["runs"].append(entry)
         entry["status"] = "started"
-        _save(record_path, record)
+        write_json(record_path, record)
         tqdm.write(f"sweep {name}: {values} -> {entry['run_dir']}")
         try:
             run_pipeline(data_dir, notebook_parameters(base, values), entry["run_dir"], steps, quick=quick,
@@ -99,7 +99,7 @@ def run_sweep(data_dir: str | Path, axes: dict[str, list[Any]], parameters: dict
         except PipelineError as error:
             entry["status"] = "failed"
             tqdm.write(f"sweep {name}: {values} failed; run the same command again to retry it\n{error}")
-        _save(record_path, record)
+        write_json(record_path, record)
     failed = [e["values"] for e in record["runs"] if e["status"] != "done"]
     done = [e["run_dir"] for e in record["runs"] if e["status"] == "done"]
     page = compare_runs(done, name, runs_root, reports_root, notebooks_dir) if done else None
@@ -117,8 +117,3 @@ def _open_record(path: Path, name: str, axes: dict, parameters: dict, quick: boo
     return record or {"name": name, **settings, "runs": []}
 
 
-def _save(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
