@@ -8,7 +8,7 @@ import sys
 from . import distributed
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import Config, ConfigError
-from .data import DataLayoutError
+from .folders import DataLayoutError
 from .export import ExportError
 from .images import UnreadableImage
 from .presets import PRESETS, preset_config

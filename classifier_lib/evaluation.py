@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report, confusion_matrix
 
-from .data import CachedImages, DataLayoutError, find_splits, load_held_out
+from .data import CachedImages, load_held_out
+from .folders import DataLayoutError, find_splits
 from .inference import Predictor
 
 

@@ -28,7 +28,8 @@ from . import __version__
 from .augment import model_input
 from .checkpoint import CheckpointError, LoadedModel, load_model, read_checkpoint
 from .config import Config, ConfigError
-from .data import DataLayoutError, load_held_out
+from .data import load_held_out
+from .folders import DataLayoutError
 from .inference import ClassifierBase
 
 PARITY_TOLERANCE = 1e-4  # max |difference| of any class probability, fp32

@@ -10,7 +10,7 @@ import torch
 from .augment import model_input
 from .checkpoint import LoadedModel, load_model
 from .config import ConfigError
-from .data import DataLayoutError, FlatImageDataset
+from .folders import DataLayoutError, FlatImageDataset
 from .device import autocast_dtype, resolve_device
 from .images import load_image
 from .predict import predict_logits

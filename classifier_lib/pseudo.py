@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
-from .data import DataLayoutError
+from .folders import DataLayoutError
 from .inference import Predictor, csv_safe
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from .data import Splits, list_images
+from .folders import Splits, list_images
 
 
 def scan_files(splits: Splits) -> pd.DataFrame:

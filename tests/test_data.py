@@ -10,16 +10,8 @@ from conftest import make_dataset, make_image
 
 from classifier_lib.cache import clear_cache
 from classifier_lib.config import DataConfig
-from classifier_lib.data import (
-    DataLayoutError,
-    FlatImageDataset,
-    channel_stats,
-    find_splits,
-    load_data,
-    load_held_out,
-    load_split,
-    stratified_split,
-)
+from classifier_lib.data import channel_stats, load_data, load_held_out, load_split, stratified_split
+from classifier_lib.folders import DataLayoutError, FlatImageDataset, find_splits
 
 
 def test_finds_splits_and_classes(tiny_data):
@@ -197,7 +189,7 @@ def test_decoding_copies_batches_into_one_array_with_few_file_handles(tmp_path):
     script = (
         "import resource, sys; from pathlib import Path\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
-        "from classifier_lib.data import FlatImageDataset, list_images\n"
+        "from classifier_lib.folders import FlatImageDataset, list_images\n"
         f"paths, _ = list_images(Path({str(tmp_path / 'imgs')!r}))\n"
         "images, kept, skipped = FlatImageDataset(paths, 8).decode_all(workers=2)\n"
         "assert images.shape == (600, 3, 8, 8) and kept == list(range(600)) and len(skipped) == 1, images.shape\n"

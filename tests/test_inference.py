@@ -9,7 +9,7 @@ from conftest import COLOURS, make_image
 
 from classifier_lib import cli
 from classifier_lib.checkpoint import CheckpointError
-from classifier_lib.data import find_splits
+from classifier_lib.folders import find_splits
 from classifier_lib.evaluation import evaluate_checkpoint
 from classifier_lib.images import load_image
 from classifier_lib.inference import Predictor, write_submission
@@ -137,7 +137,7 @@ def test_submission_ids_never_become_spreadsheet_formulas(tmp_path):
 
 
 def test_a_folder_of_only_unreadable_images_is_a_clear_error(trained_run, tmp_path):
-    from classifier_lib.data import DataLayoutError
+    from classifier_lib.folders import DataLayoutError
 
     result, _ = trained_run
     (tmp_path / "a.jpg").write_bytes(b"not a jpeg")

@@ -10,7 +10,8 @@ from conftest import make_image, tiny_config
 
 from classifier_lib.cli import main as cli_main
 from classifier_lib.config import DataConfig
-from classifier_lib.data import DataLayoutError, load_data
+from classifier_lib.data import load_data
+from classifier_lib.folders import DataLayoutError
 from classifier_lib.engine import train
 from classifier_lib.inference import Predictor
 from classifier_lib.pseudo import pseudo_label

@@ -15,7 +15,8 @@ from PIL import Image
 from classifier_lib import cli
 from classifier_lib.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from classifier_lib.config import DataConfig
-from classifier_lib.data import DataLayoutError, find_splits, load_data
+from classifier_lib.data import load_data
+from classifier_lib.folders import DataLayoutError, find_splits
 from classifier_lib.engine import train
 from classifier_lib.images import MAX_PIXELS, UnreadableImage, load_image
 from classifier_lib.inference import Predictor
