@@ -9,8 +9,8 @@ from typing import Any
 from .config import Config, ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},  # 250 epochs at 64 px, tested at 80 px: 88.4 % in 1,131 s at a 381 GFLOP/s bf16 peak
-    "fast": {"train.epochs": 60},  # the same recipe on 60 epochs: 79.4 % in 269 s at a 397 GFLOP/s peak
+    "default": {},  # 250 epochs at 64 px, tested at 80 px: 88.3 % in 1,131 s at a 381 GFLOP/s bf16 peak
+    "fast": {"train.epochs": 60},  # the same recipe on 60 epochs: 79.3 % in 271 s at a ~400 GFLOP/s peak
 }
 
 
