@@ -67,6 +67,7 @@ class DataBundle:
     splits: Splits
     skipped: list[tuple[str, str]]  # every file of the data folder that could not be used, once
     valid_source: str  # which images the validation split is, in words
+    extra_images: int = 0  # training images from data.extra_train_dir (e.g. pseudo-labelled)
 
 
 def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0,
@@ -136,9 +137,10 @@ def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
     if config.subset < 1.0:
         train = train.select(stratified_split(train.labels, config.subset, seed)[0])
         valid = valid.select(stratified_split(valid.labels, config.subset, seed)[0])
+    extra_images = 0
     if config.extra_train_dir:
         extra = load_extra(config, splits.class_names)
-        train, skipped = train.concat(extra.data), skipped + extra.skipped
+        train, skipped, extra_images = train.concat(extra.data), skipped + extra.skipped, len(extra.data)
     if config.train_on_all:
         train = train.concat(valid)
     missing = sorted(set(range(len(splits.class_names))) - set(train.labels.tolist()))
@@ -146,7 +148,7 @@ def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
         names = [splits.class_names[i] for i in missing]
         raise DataLayoutError(f"no readable training images for classes {names} in {splits.train}")
     mean, std = channel_stats(train.images)
-    return DataBundle(train, valid, splits.class_names, mean, std, splits, skipped, valid_source)
+    return DataBundle(train, valid, splits.class_names, mean, std, splits, skipped, valid_source, extra_images)
 
 
 def load_held_out(config: DataConfig, seed: int, split: str = "valid") -> tuple[CachedImages, str]:

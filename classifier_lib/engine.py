@@ -82,10 +82,7 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
     _log(f"run folder: {run_dir}")
     _log(f"model: {count_parameters(trainer.model) / 1e6:.2f} M parameters, "
          f"{trainer.flops_per_image / 1e9:.3f} GFLOPs per {config.data.image_size}x{config.data.image_size} image")
-    _log(f"{len(data.train)} training / {len(data.valid)} validation images"
-         f"{' (validation images are in the training set: train_on_all)' if config.data.train_on_all else ''}, "
-         f"classes {data.class_names}, {len(data.skipped)} files skipped; device {device}, "
-         f"precision {config.train.precision} ({trainer.dtype or 'fp32'})"
+    _log(_data_line(config, data) + f"; device {device}, precision {config.train.precision} ({trainer.dtype or 'fp32'})"
          + (f"; {trainer.world} processes, global batch {trainer.world * config.data.batch_size}" if trainer.world > 1 else ""))
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
     start_time = time.perf_counter() - (trainer.history[-1]["elapsed_s"] if trainer.history else 0.0)
@@ -119,6 +116,16 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
     if main:
         _write_metrics(trainer, result)
     return result
+
+
+def _data_line(config: Config, data: DataBundle) -> str:
+    """What the run trains and validates on, in one log line."""
+    notes = [f"{data.extra_images} of them from {config.data.extra_train_dir}"] if data.extra_images else []
+    if config.data.train_on_all:
+        notes.append("validation images are in the training set: train_on_all")
+    return (f"{len(data.train)} training / {len(data.valid)} validation images"
+            + "".join(f" ({note})" for note in notes)
+            + f", classes {data.class_names}, {len(data.skipped)} files skipped")
 
 
 def early_stop_reason(history: list[dict[str, float]], patience: int, monitor: str) -> str:
@@ -195,6 +202,7 @@ def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
         "valid_in_training": trainer.config.data.train_on_all,
         "class_names": trainer.data.class_names,
         "train_images": len(trainer.data.train),
+        "extra_train_images": trainer.data.extra_images,
         "valid_images": len(trainer.data.valid),
         "skipped_files": len(trainer.data.skipped),
         "skipped": trainer.data.skipped,

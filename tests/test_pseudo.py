@@ -11,8 +11,8 @@ from conftest import make_image, tiny_config
 from classifier_lib.cli import main as cli_main
 from classifier_lib.config import DataConfig
 from classifier_lib.data import load_data
-from classifier_lib.folders import DataLayoutError
 from classifier_lib.engine import train
+from classifier_lib.folders import DataLayoutError
 from classifier_lib.inference import Predictor
 from classifier_lib.pseudo import pseudo_label
 
@@ -61,7 +61,7 @@ def test_extra_folder_joins_training_only_and_may_lack_classes(tiny_data, tmp_pa
     data = load_data(DataConfig(data_dir=str(tiny_data), image_size=16, extra_train_dir=str(extra)))
     assert len(data.train) == len(plain.train) + 3 and data.valid.paths == plain.valid.paths
     added = [i for i, path in enumerate(data.train.paths) if Path(path).name.startswith("extra_")]
-    assert len(added) == 3 and data.train.labels[added].tolist() == [1, 1, 1]  # dog is class 1
+    assert len(added) == data.extra_images == 3 and data.train.labels[added].tolist() == [1, 1, 1]  # dog: class 1
     assert torch.equal(data.train.images[: len(plain.train)], plain.train.images)
 
 
@@ -79,4 +79,4 @@ def test_teacher_to_student_from_the_command_line(trained_run, tmp_path, capsys)
     assert code == 0 and "data.extra_train_dir" in capsys.readouterr().out
     assert len(list(out.glob("*/*.png"))) == len(read_rows(out)) == 6
     train(tiny_config(data_dir, **{"data.extra_train_dir": str(out), "train.epochs": 1}), runs_root=tmp_path / "runs")
-    assert "42 training / 18 validation images" in capsys.readouterr().out  # 36 labelled + 6 pseudo-labelled
+    assert f"42 training / 18 validation images (6 of them from {out})" in capsys.readouterr().out  # 36 + 6

@@ -16,8 +16,8 @@ from classifier_lib import cli
 from classifier_lib.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from classifier_lib.config import DataConfig
 from classifier_lib.data import load_data
-from classifier_lib.folders import DataLayoutError, find_splits
 from classifier_lib.engine import train
+from classifier_lib.folders import DataLayoutError, find_splits
 from classifier_lib.images import MAX_PIXELS, UnreadableImage, load_image
 from classifier_lib.inference import Predictor
 
@@ -311,7 +311,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(slow_data, tmp_path):
     assert f"resumed from {run / 'checkpoints' / 'last.pt'} after epoch {done}" in resumed.stdout
     full = json.loads((tmp_path / "full" / "version_0" / "metrics.json").read_text())["history"]
     after = json.loads((run / "metrics.json").read_text())["history"]
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
     assert strip(after) == strip(full)
 
 
