@@ -39,7 +39,6 @@ class Splits:
     class_names: list[str]
 
 
-
 def find_splits(data_dir: str | Path) -> Splits:
     """Locate the train / valid / test folders and the class names, or say clearly what is wrong."""
     root = Path(data_dir).expanduser().resolve()  # absolute: cache entries and ids never depend on the cwd
@@ -85,7 +84,8 @@ def list_images(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
 def list_labelled(split_dir: Path, class_names: list[str], every_class: bool = True):
     """(image paths, their labels, skipped (path, reason)) of a labelled folder. With `every_class`
     False (an extra training folder) a class may be missing, but no folder may name an unknown one."""
-    unknown = sorted(set(class_folders(split_dir)) - set(class_names))
+    # Train defines the classes and find_splits checked Valid against them: only an extra folder needs this
+    unknown = [] if every_class else sorted(set(class_folders(split_dir)) - set(class_names))
     if unknown:
         raise DataLayoutError(f"{split_dir} has class folders {unknown} that the training data does not have "
                               f"{class_names}")
