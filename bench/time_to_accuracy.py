@@ -116,7 +116,7 @@ def main() -> None:
                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
         for target in TARGETS:
             # accuracies are float32 ratios: 405/450 reads 0.89999998, which is 90 %
-            reached = next((r for r in result.history if r["valid_acc"] >= target - 1e-6), None)
+            reached = next((r for r in result.history if r.get("valid_acc", 0) >= target - 1e-6), None)
             row[f"time_to_{target:.0%}"] = decode_s + reached["elapsed_s"] if reached else None
         if args.eval_sizes:
             row["at_size"] = accuracy_at_sizes(result.last_checkpoint, data, args.eval_sizes)

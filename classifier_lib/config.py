@@ -99,6 +99,7 @@ class TrainConfig:
     channels_last: bool = True
     sync_bn: bool = False  # several GPUs under torchrun: BatchNorm statistics over the global batch
     checkpoint_every: int = 0  # also keep epoch_NNN.pt every N epochs; 0 = only best/last
+    validate_every: int = 1  # validate every N epochs and after the last; between them, train only (saves time)
     patience: int = 0  # early stopping: stop after this many epochs without a better `monitor`; 0 = off
     monitor: str = "valid_loss"  # what early stopping watches: valid_loss (lower is better) | valid_acc
     tensorboard_every: int = 25  # every N epochs, confusion matrix, predictions and activations to TensorBoard; 0 = off
@@ -161,6 +162,7 @@ class Config:
              f"train.scheduler must be onecycle, cosine, lambda or none, got {train.scheduler!r}"),
             (train.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, got {train.optimizer!r}"),
             (train.patience >= 0, f"train.patience must be 0 (off) or a number of epochs, got {train.patience}"),
+            (train.validate_every >= 1, f"train.validate_every must be at least 1, got {train.validate_every}"),
             (train.monitor in ("valid_loss", "valid_acc"),
              f"train.monitor must be valid_loss or valid_acc, got {train.monitor!r}"),
             (train.tensorboard_every >= 0, f"train.tensorboard_every must be 0 (off) or positive, got {train.tensorboard_every}"),

@@ -51,7 +51,8 @@ class TrainResult:
 
     @property
     def final_valid_acc(self) -> float:
-        return self.history[-1]["valid_acc"] if self.history else math.nan
+        """The last epoch's validation accuracy: NaN if it was not validated (an interrupted run)."""
+        return self.history[-1].get("valid_acc", math.nan) if self.history else math.nan
 
 
 def train(config: Config, data: DataBundle | None = None, run_dir: str | Path | None = None,
@@ -92,8 +93,10 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
                       total=config.train.epochs, disable=not (main and progress_bar_wanted())):
             row = {"epoch": trainer.epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
             row |= trainer.train_epoch()
-            # rank 0 validates and every rank takes its figures, so that all decide alike (best, stopping)
-            row |= distributed.broadcast(trainer.validate(final=trainer.epoch + 1 == config.train.epochs) if main else None)
+            final = trainer.epoch + 1 == config.train.epochs
+            if final or (trainer.epoch + 1) % config.train.validate_every == 0:
+                # rank 0 validates and every rank takes its figures, so that all decide alike (best, stopping)
+                row |= distributed.broadcast(trainer.validate(final=final) if main else None)
             trainer.epoch += 1
             row["elapsed_s"] = time.perf_counter() - start_time
             trainer.history.append(row)
@@ -131,22 +134,23 @@ def _data_line(config: Config, data: DataBundle) -> str:
 def early_stop_reason(history: list[dict[str, float]], patience: int, monitor: str) -> str:
     """Why to stop after the last epoch of `history` ("" to go on): `monitor` (valid_loss, lower is
     better, or valid_acc) has not improved on its best for `patience` epochs. 0 = never stop early."""
-    if not patience or len(history) <= patience:
+    validated = [row for row in history if monitor in row]  # with train.validate_every > 1, not every epoch
+    if not patience or not validated or validated[-1] is not history[-1]:
         return ""
-    values = [row[monitor] for row in history]
     pick = min if monitor == "valid_loss" else max
-    best = pick(range(len(values)), key=values.__getitem__)  # the first epoch reaching the best value
-    waited = len(values) - 1 - best
+    best = pick(validated, key=lambda row: row[monitor])  # the first epoch reaching the best value
+    waited = history[-1]["epoch"] - best["epoch"]
     if waited < patience:
         return ""
     return (f"early stopping after epoch {history[-1]['epoch']}: {monitor} has not improved for {waited} epochs "
-            f"(best {values[best]:.4f} at epoch {history[best]['epoch']})")
+            f"(best {best[monitor]:.4f} at epoch {best['epoch']})")
 
 
 def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter | None, last: bool) -> None:
     """Track the best epoch; on rank 0 (the writer's) also save checkpoints, logs and metrics."""
     epoch, config = trainer.epoch, trainer.config
-    improved = row["valid_acc"] > trainer.best_valid_acc
+    validated = "valid_acc" in row
+    improved = validated and row["valid_acc"] > trainer.best_valid_acc
     if improved:
         trainer.best_valid_acc, trainer.best_epoch = row["valid_acc"], epoch
     if writer is None:
@@ -156,13 +160,14 @@ def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter
         _save_or_warn(trainer, "best.pt", selected_on_valid=True)
     if config.train.checkpoint_every and epoch % config.train.checkpoint_every == 0:
         _save_or_warn(trainer, f"epoch_{epoch:03d}.pt")
-    for split in ("train", "valid"):
+    for split in ("train", "valid") if validated else ("train",):
         writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], epoch)
         writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], epoch)
     writer.add_scalar("lr", row["lr"], epoch)
     writer.add_scalar("image_size", row["image_size"], epoch)
     every = config.train.tensorboard_every
-    if every and (epoch % every == 0 or last):
+    # the figures need this epoch's validation: at the first validated epoch on or after each multiple of `every`
+    if every and validated and (epoch % every < config.train.validate_every or last):
         data = trainer.data
         log_figures(writer, epoch, trainer.evaluated_model, data.valid, trainer.valid_logits, data.class_names,
                     data.mean, data.std, config.data.test_size)
@@ -170,8 +175,9 @@ def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter
     _write_metrics(trainer, None)
     _log(
         f"epoch {epoch:3d}/{config.train.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-        f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}{' *' if improved else '  '}  "
-        f"lr {row['lr']:.4g}  {row['image_size']}px  {row['elapsed_s']:.0f}s"
+        + (f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}{' *' if improved else '  '}  "
+           if validated else "(not validated)".ljust(32))
+        + f"lr {row['lr']:.4g}  {row['image_size']}px  {row['elapsed_s']:.0f}s"
     )
 
 
@@ -195,7 +201,7 @@ def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
     history = trainer.history
     metrics = {
         "history": history,
-        "final_valid_acc": history[-1]["valid_acc"] if history else None,
+        "final_valid_acc": history[-1].get("valid_acc") if history else None,  # None: the last epoch was not validated
         "best_valid_acc": trainer.best_valid_acc,
         "best_epoch": trainer.best_epoch,
         "epochs_done": trainer.epoch,

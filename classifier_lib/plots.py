@@ -21,15 +21,19 @@ def history(rows: Sequence[dict]) -> plt.Figure:
     """Loss and accuracy per epoch, train vs validation, annotated with the best epochs; and the
     learning rate each epoch started with."""
     epochs = [r["epoch"] for r in rows]
+    validated = [r for r in rows if "valid_acc" in r]  # every epoch unless train.validate_every > 1
+    valid_epochs = [r["epoch"] for r in validated]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4), gridspec_kw={"width_ratios": [1, 1, 0.7]})
     for ax, metric, best in ((axes[0], "loss", np.argmin), (axes[1], "acc", np.argmax)):
-        for split in ("train", "valid"):
-            ax.plot(epochs, [r[f"{split}_{metric}"] for r in rows], marker=".", label=split)
-        values = [r[f"valid_{metric}"] for r in rows]
-        i = int(best(values))
-        ax.scatter([epochs[i]], [values[i]], color="red", zorder=3)
-        ax.annotate(f"{'min' if metric == 'loss' else 'max'} {values[i]:.3f} @ epoch {epochs[i]}",
-                    (epochs[i], values[i]), textcoords="offset points", xytext=(-60, 12 if metric == "acc" else -18))
+        ax.plot(epochs, [r[f"train_{metric}"] for r in rows], marker=".", label="train")
+        values = [r[f"valid_{metric}"] for r in validated]
+        ax.plot(valid_epochs, values, marker=".", label="valid")
+        if values:
+            i = int(best(values))
+            ax.scatter([valid_epochs[i]], [values[i]], color="red", zorder=3)
+            ax.annotate(f"{'min' if metric == 'loss' else 'max'} {values[i]:.3f} @ epoch {valid_epochs[i]}",
+                        (valid_epochs[i], values[i]), textcoords="offset points",
+                        xytext=(-60, 12 if metric == "acc" else -18))
         ax.set(xlabel="epoch", ylabel="loss" if metric == "loss" else "accuracy",
                title="loss" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)
@@ -45,9 +49,9 @@ def compare_histories(histories: dict[str, Sequence[dict]]) -> plt.Figure:
     """Validation accuracy, validation loss and training loss per epoch of several runs, overlaid."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for name, rows in histories.items():
-        epochs = [r["epoch"] for r in rows]
         for ax, key in zip(axes, ("valid_acc", "valid_loss", "train_loss")):
-            ax.plot(epochs, [r[key] for r in rows], label=name)
+            logged = [r for r in rows if key in r]  # validation may skip epochs (train.validate_every)
+            ax.plot([r["epoch"] for r in logged], [r[key] for r in logged], label=name)
     for ax, key in zip(axes, ("validation accuracy", "validation loss", "training loss")):
         ax.set(xlabel="epoch", title=key)
         ax.grid(alpha=0.3)

@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from classifier_lib import plots
+from classifier_lib.checkpoint import read_checkpoint
 from classifier_lib.cli import main as cli_main
 from classifier_lib.config import ConfigError
 from classifier_lib.engine import early_stop_reason, train
@@ -30,6 +33,49 @@ def test_early_stop_on_accuracy_wants_higher_values():
     history = rows([0.5, 0.7, 0.6, 0.7], metric="valid_acc")  # a tie is no improvement
     assert "epoch 2" in early_stop_reason(history, patience=2, monitor="valid_acc")
     assert early_stop_reason(rows([0.5, 0.6, 0.7], "valid_acc"), patience=2, monitor="valid_acc") == ""
+
+
+def test_early_stop_counts_epochs_between_validations():
+    # validated every second epoch: the best loss at epoch 2, no better at 4 and 6
+    history = [{"epoch": e} | ({"valid_loss": {2: 0.8, 4: 0.9, 6: 0.85}[e]} if e % 2 == 0 else {}) for e in range(1, 8)]
+    assert early_stop_reason(history[:6], patience=4, monitor="valid_loss").startswith(
+        "early stopping after epoch 6: valid_loss has not improved for 4 epochs (best 0.8000 at epoch 2)")
+    assert early_stop_reason(history[:6], patience=5, monitor="valid_loss") == ""
+    assert early_stop_reason(history, patience=4, monitor="valid_loss") == ""  # epoch 7 has no validation to judge
+
+
+def test_validating_every_n_epochs_skips_the_epochs_between(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, **{"train.epochs": 7, "train.validate_every": 3, "train.tensorboard_every": 4})
+    result = train(config, runs_root=tmp_path / "runs")
+    validated = [row["epoch"] for row in result.history if "valid_acc" in row]
+    assert validated == [3, 6, 7]  # every third epoch, and the last
+    assert all("train_loss" in row for row in result.history)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["final_valid_acc"] == result.history[-1]["valid_acc"] == result.final_valid_acc
+    assert metrics["best_epoch"] in validated
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert [event.step for event in events.Scalars("accuracy/valid")] == validated
+    assert len(events.Scalars("accuracy/train")) == 7
+    # the figures need a validation: the first validated epoch from epoch 4 on, and the last
+    assert [event.step for event in events.Images("valid/confusion_matrix")] == [6, 7]
+    figure = plots.history(result.history)
+    assert list(figure.axes[1].lines[1].get_xdata()) == validated  # the validation curve has only those epochs
+
+
+def test_skipping_validations_leaves_the_training_unchanged(tiny_data, tmp_path):
+    weights = []
+    for every in (1, 3):
+        config = tiny_config(tiny_data, **{"train.epochs": 4, "train.validate_every": every})
+        result = train(config, runs_root=tmp_path / f"every_{every}")
+        weights.append(read_checkpoint(result.last_checkpoint)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_validate_every_must_be_positive(tiny_data):
+    with pytest.raises(ConfigError, match="train.validate_every"):
+        tiny_config(tiny_data, **{"train.validate_every": 0}).validate()
 
 
 def test_training_stops_early_and_says_why(tiny_data, tmp_path):
