@@ -33,7 +33,7 @@ class SystemConfig:
 class DataConfig:
     data_dir: str = field(default_factory=default_data_dir)
     image_size: int = 64  # training resolution (of the last epochs, with progressive resizing)
-    min_size: int = 0  # progressive resizing: the first epochs at this size, growing to image_size; 0 = off
+    min_size: int = 0  # progressive resizing: the first epochs at this size, growing to image_size; 0 or >= image_size = off
     eval_size: int = 0  # test-time resolution; 0 = automatic: FIXRES_RATIO x image_size on the 16 px grid
     batch_size: int = 64
     subset: float = 1.0  # stratified fraction of every split, for quick runs
@@ -148,7 +148,7 @@ class Config:
             (data.batch_size >= 1, f"data.batch_size must be at least 1, got {data.batch_size}"),
             (data.image_size >= 16, f"data.image_size must be at least 16 px, got {data.image_size}"),
             (data.eval_size == 0 or data.eval_size >= 16, f"data.eval_size must be 0 or at least 16, got {data.eval_size}"),
-            (0 <= data.min_size <= data.image_size, "data.min_size must be 0 (off) or at most data.image_size"),
+            (data.min_size >= 0, f"data.min_size must be 0 (off) or a size in px, got {data.min_size}"),
             (0 < data.subset <= 1, f"data.subset must be in (0, 1], got {data.subset}"),
             (data.tta_sizes in (1, 3), f"data.tta_sizes must be 1 or 3, got {data.tta_sizes}"),
             (0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {data.val_fraction}"),

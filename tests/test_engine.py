@@ -109,6 +109,9 @@ def test_progressive_resizing_grows_the_training_size():
     assert sizes == sorted(sizes) and all(size % 16 == 0 for size in sizes)
     assert set(sizes) == {32, 48, 64, 80, 96}
     assert {train_size(Config(), e) for e in range(250)} == {Config().data.image_size}  # off by default
+    # a minimum at or above the training size (a preset's 64 px with --image-size 48) turns it off
+    small = Config().override({"data.min_size": 64, "data.image_size": 48}).validate()
+    assert {train_size(small, e) for e in range(250)} == {48}
 
 
 def test_progressive_training_switches_resolution_and_tests_at_eval_size(tiny_data, tmp_path):
