@@ -11,8 +11,8 @@ from .config import Config, ConfigError
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # 250 epochs at 64 px, tested at 80 px: 88.3 % in 1,131 s at a 381 GFLOP/s bf16 peak
     "fast": {"train.epochs": 60},  # the same recipe on 60 epochs: 79.3 % in 271 s at a ~400 GFLOP/s peak
-    # progressive resizing 64 -> 112 px, tested at 144 px, the same 250 epochs: 93.0 % in 2,679 s (2 seeds, ~395 GFLOP/s);
-    # validating at 144 px costs ~2.5 s an epoch, so only every 10th (the weights are the same)
+    # progressive resizing 64 -> 112 px, tested at 144 px, the same 250 epochs: 93.0 % ± 0.8 (3 seeds); validating
+    # at 144 px costs ~3 s an epoch, so only every 10th (the same weights): 1,907 s at a 375 GFLOP/s peak
     "best": {"data.min_size": 64, "data.image_size": 112, "train.validate_every": 10},
 }
 
