@@ -13,6 +13,7 @@ import pandas as pd
 
 from .config import Config
 from .evaluation import Evaluation, evaluate_checkpoint
+from .presets import preset_config
 from .runs import read_json
 
 NOT_A_SETTING = {"train.resume", "data.data_dir"}  # where a run came from, not how it was trained
@@ -64,7 +65,7 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
 
 def differences_from_default(config: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run that differ from the default recipe (with its automatic values resolved)."""
-    default = flat_config(Config().resolved().to_dict())
+    default = flat_config(preset_config("default").resolved().to_dict())
     return {key: value for key, value in config.items()
             if key not in NOT_A_SETTING and repr(default.get(key)) != repr(value)}
 

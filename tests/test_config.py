@@ -45,7 +45,8 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     from classifier_lib.config import ConfigError
     from classifier_lib.presets import PRESETS, preset_config
 
-    assert preset_config("default") == Config()
+    default = preset_config("default")
+    assert default == Config().override(PRESETS["default"]) and default.data.min_size < default.data.image_size
     assert preset_config("fast").train.epochs == PRESETS["fast"]["train.epochs"] < Config().train.epochs
     best = preset_config("best").data
     assert best.min_size < best.image_size and best.test_size > best.image_size > Config().data.image_size

@@ -8,8 +8,8 @@ from conftest import make_dataset
 
 import classifier_lib.sweep as sweep_module
 from classifier_lib.compare import comparison_table, differences_from_default, differing_keys, flat_config, load_run
-from classifier_lib.config import Config
 from classifier_lib.pipeline import PipelineError
+from classifier_lib.presets import preset_config
 from classifier_lib.sweep import combinations, default_name, notebook_parameters, parse_axes, run_sweep
 
 
@@ -39,7 +39,7 @@ def test_a_bad_combination_is_refused_before_anything_runs(tmp_path):
 
 
 def test_config_differences():
-    default = flat_config(Config().resolved().to_dict())
+    default = flat_config(preset_config("default").resolved().to_dict())
     other = default | {"train.lr": 0.1, "data.data_dir": "/elsewhere", "model.widths": (8, 16)}
     assert differing_keys([default, other]) == ["model.widths", "train.lr"]
     assert differences_from_default(other) == {"model.widths": (8, 16), "train.lr": 0.1}
