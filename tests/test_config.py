@@ -45,8 +45,11 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     from classifier_lib.config import ConfigError
     from classifier_lib.presets import PRESETS, preset_config
 
-    default = preset_config("default")
-    assert default == Config().override(PRESETS["default"]) and default.data.min_size < default.data.image_size
+    assert preset_config("plain") == Config()  # the config's own values
+    default = preset_config("default")  # grows from plain's crop size to a larger one
+    assert default.data.min_size == Config().data.image_size < default.data.image_size
+    bare_args = cli.build_parser().parse_args(["train", "--data-dir", str(tiny_data)])
+    assert cli.config_from_args(bare_args).data.image_size == default.data.image_size  # no --preset: the default
     assert preset_config("fast").train.epochs == PRESETS["fast"]["train.epochs"] < Config().train.epochs
     best = preset_config("best").data
     assert best.min_size < best.image_size and best.test_size > best.image_size > Config().data.image_size
