@@ -78,6 +78,7 @@ class ModelConfig:
     stem_stride: int = 2  # 4: a 4x4 patchify stem, for large images at the cost of small ones
     block_dropout: float = 0.0  # Dropout2d after the blocks of the two deepest stages
     head_dropout: float = 0.0
+    whiten_stem: bool = False  # a frozen first convolution that whitens image patches (set from the training images)
 
 
 @dataclass
@@ -165,6 +166,8 @@ class Config:
             (train.validate_every >= 1, f"train.validate_every must be at least 1, got {train.validate_every}"),
             (train.monitor in ("valid_loss", "valid_acc"),
              f"train.monitor must be valid_loss or valid_acc, got {train.monitor!r}"),
+            (not self.model.whiten_stem or self.model.widths[0] % 2 == 0,
+             f"model.whiten_stem needs an even first width (filters and their negations), got {self.model.widths[0]}"),
             (train.tensorboard_every >= 0, f"train.tensorboard_every must be 0 (off) or positive, got {train.tensorboard_every}"),
         ]
         problems = [message for ok, message in checks if not ok]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -66,9 +67,35 @@ class ResNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if config.whiten_stem:
+            self.stem[0].weight.requires_grad_(False)  # set once by whiten_stem(), never trained
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
+
+
+@torch.no_grad()
+def whiten_stem(model: ResNet, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set the stem's convolution to a fixed patch-whitening filter bank, from normalised images.
+
+    The filters are the leading eigenvectors of the covariance of the images' patches (as large as
+    the stem's kernel), each divided by the square root of its eigenvalue, and their negations, so
+    that the ReLU after the stem keeps both signs. The first layer then starts from decorrelated
+    inputs instead of learning them: an epoch-saving trick of the fastest small-image trainers.
+    """
+    conv = model.stem[0]
+    half = conv.out_channels // 2
+    patches = F.unfold(images.float(), conv.kernel_size, stride=conv.stride)  # N x (3*k*k) x L
+    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    if half > patches.shape[1]:
+        raise ConfigError(f"a whitening stem has at most {2 * patches.shape[1]} channels for "
+                          f"{tuple(conv.kernel_size)} patches, not {conv.out_channels}")
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    eigenvalues, eigenvectors = eigenvalues.flip(0)[:half], eigenvectors.flip(1)[:, :half]
+    filters = (eigenvectors / (eigenvalues + eps).sqrt()).T.reshape(half, *conv.weight.shape[1:])
+    conv.weight.copy_(torch.cat([filters, -filters]))
+    conv.weight.requires_grad_(False)
 
 
 def count_parameters(model: nn.Module) -> int:

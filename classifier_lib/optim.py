@@ -11,9 +11,10 @@ from .config import Config, ConfigError
 
 def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     train = config.train
-    # No weight decay on BatchNorm and bias parameters: decaying them only hurts.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    # No weight decay on BatchNorm and bias parameters: decaying them only hurts. Frozen ones (a whitening stem) stay out.
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim > 1]
+    no_decay = [p for p in trained if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=True)

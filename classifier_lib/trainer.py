@@ -29,13 +29,13 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from . import distributed
-from .augment import BatchAugment, normalize, resize
+from .augment import BatchAugment, model_input, normalize, resize
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, ConfigError
 from .data import CachedImages, DataBundle
 from .device import autocast, autocast_dtype, fits_on_gpu, resolve_device, seed_everything
 from .ema import ModelEMA
-from .model import ResNet, flops_per_image
+from .model import ResNet, flops_per_image, whiten_stem
 from .optim import fast_forward, make_optimizer, make_scheduler
 from .predict import predict_logits, recalibrate_bn
 from .progress import batch_bars_wanted
@@ -115,6 +115,8 @@ class Trainer:
         torch.manual_seed(config.system.seed)  # the same initial weights whatever loading the data consumed
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.model = ResNet(len(data.class_names), config.model).to(device)
+        if config.model.whiten_stem:
+            whiten_stem(self.model, self._whitening_sample())
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.network = self._distributed(self.model) if self.world > 1 else self.model  # what training steps run
@@ -133,6 +135,13 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.best_valid_acc, self.best_epoch = -1.0, 0
         self.valid_logits = torch.empty(0)
+
+    def _whitening_sample(self, count: int = 512) -> torch.Tensor:
+        """Up to `count` training images, un-augmented at the first epoch's size and normalised, the
+        same on every rank (drawn from the seed, not the global random stream)."""
+        images = self.data.train.images
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.config.system.seed))[:count]
+        return model_input(images[pick.to(images.device)], train_size(self.config, 0), self.data.mean, self.data.std)
 
     def _distributed(self, model: nn.Module) -> nn.Module:
         """DistributedDataParallel around the model (with SyncBatchNorm if asked: CUDA only)."""

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from classifier_lib.config import ConfigError, ModelConfig
-from classifier_lib.model import ResNet, count_parameters, flops_per_image, summary
+from classifier_lib.model import ResNet, count_parameters, flops_per_image, summary, whiten_stem
 
 
 @pytest.mark.parametrize("size", [32, 64, 97, 160])
@@ -58,3 +58,28 @@ def test_a_stem_stride_of_4_patchifies_without_skipping_pixels():
     assert conv.kernel_size == (4, 4) and conv.stride == (4, 4)
     assert model.stem(torch.randn(1, 3, 128, 128)).shape[-1] == 32
     assert flops_per_image(model, 128) == pytest.approx(flops_per_image(ResNet(3), 64), rel=0.05)
+
+
+def test_whitening_stem_decorrelates_image_patches():
+    torch.manual_seed(0)
+    # correlated "images": smooth noise, so neighbouring pixels and channels covary strongly
+    images = torch.nn.functional.interpolate(torch.randn(64, 3, 8, 8), size=32, mode="bilinear")
+    images = images + 0.5 * images.mean(1, keepdim=True)
+    model = ResNet(3, ModelConfig(whiten_stem=True))
+    whiten_stem(model, images, eps=0.0)
+    conv = model.stem[0]
+    assert not conv.weight.requires_grad
+    half = conv.out_channels // 2
+    assert torch.allclose(conv.weight[half:], -conv.weight[:half])  # each filter beside its negation
+    patches = torch.nn.functional.unfold(images, 3, stride=2).transpose(1, 2).reshape(-1, 27)
+    responses = patches @ conv.weight[:half].reshape(half, -1).T
+    covariance = responses.T @ responses / len(responses)
+    assert torch.allclose(covariance, torch.eye(half), atol=1e-3)  # unit variance, uncorrelated
+    before = patches.T @ patches / len(patches)
+    assert (before - torch.diag(before.diagonal())).abs().max() > 0.1  # the input patches were correlated
+
+
+def test_whitening_stem_needs_enough_patch_dimensions():
+    model = ResNet(3, ModelConfig(widths=(64, 128), blocks=(1, 1), whiten_stem=True))
+    with pytest.raises(ConfigError, match="at most 54 channels"):
+        whiten_stem(model, torch.randn(2, 3, 16, 16))

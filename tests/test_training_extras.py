@@ -142,3 +142,20 @@ def test_lr_find_command_saves_the_plot(tiny_data, tmp_path, capsys):
 def test_lr_finder_refuses_a_backwards_range(tiny_data):
     with pytest.raises(ConfigError, match="start_lr < end_lr"):
         find_lr(tiny_config(tiny_data), start_lr=1.0, end_lr=0.1)
+
+
+def test_a_whitening_stem_is_set_from_the_data_and_never_trained(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, **{"model.whiten_stem": True, "train.epochs": 2, "train.checkpoint_every": 1})
+    result = train(config, runs_root=tmp_path)
+    first, last = (read_checkpoint(result.run_dir / "checkpoints" / name)["model"]["stem.0.weight"]
+                   for name in ("epoch_001.pt", "last.pt"))
+    half = len(last) // 2
+    assert torch.equal(last[half:], -last[:half])  # whitening filters beside their negations
+    assert torch.equal(first, last)  # frozen: training never moved them
+    assert not torch.equal(read_checkpoint(result.last_checkpoint)["model"]["stem.1.weight"],
+                           torch.ones(half * 2))  # while the BatchNorm after it did learn
+
+
+def test_a_whitening_stem_needs_an_even_first_width(tiny_data):
+    with pytest.raises(ConfigError, match="model.whiten_stem"):
+        tiny_config(tiny_data, **{"model.whiten_stem": True, "model.widths": (9, 16)}).validate()
