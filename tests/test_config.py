@@ -50,7 +50,8 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     assert default.data.min_size == Config().data.image_size < default.data.image_size
     bare_args = cli.build_parser().parse_args(["train", "--data-dir", str(tiny_data)])
     assert cli.config_from_args(bare_args).data.image_size == default.data.image_size  # no --preset: the default
-    assert preset_config("fast").train.epochs == PRESETS["fast"]["train.epochs"] < Config().train.epochs
+    fast = preset_config("fast")
+    assert fast.train.epochs == PRESETS["fast"]["train.epochs"] < Config().train.epochs and fast.model.whiten_stem
     best = preset_config("best").data
     assert best.min_size < best.image_size and best.test_size > best.image_size > Config().data.image_size
     with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
