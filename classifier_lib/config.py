@@ -88,6 +88,7 @@ class TrainConfig:
     lr: float = 0.4
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    bias_lr_scale: float = 1.0  # learning rate of BatchNorm weights and biases (no weight decay) over train.lr
     scheduler: str = "onecycle"  # onecycle | cosine | lambda | none
     lambda_decay: float = 0.95  # per-epoch factor of the "lambda" scheduler (the seed's)
     label_smoothing: float = 0.0
@@ -96,6 +97,7 @@ class TrainConfig:
     cutmix_alpha: float = 1.0
     recalibrate_bn: bool = False  # after the last epoch, recompute BatchNorm statistics at the test size
     ema_decay: float = 0.99  # exponential moving average of the weights per step; 0 = off
+    lookahead_every: int = 0  # every N steps, average into the EMA (a decay ramped up over the run) and restart from it; 0 = off
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 (fp16 on GPUs without bf16)
     channels_last: bool = True
     sync_bn: bool = False  # several GPUs under torchrun: BatchNorm statistics over the global batch
@@ -157,6 +159,10 @@ class Config:
             (0 <= data.grey_p <= 1 and 0 <= data.blur_p <= 1, "data.grey_p and data.blur_p must be in [0, 1]"),
             (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),
             (train.lr > 0, f"train.lr must be positive, got {train.lr}"),
+            (train.bias_lr_scale > 0, f"train.bias_lr_scale must be positive, got {train.bias_lr_scale}"),
+            (train.lookahead_every >= 0,
+             f"train.lookahead_every must be 0 (off) or a number of steps, got {train.lookahead_every}"),
+            (not train.lookahead_every or train.ema_decay > 0, "train.lookahead_every needs the EMA: train.ema_decay > 0"),
             (train.precision in ("auto", "fp32", "bf16", "fp16"),
              f"train.precision must be auto, fp32, bf16 or fp16, got {train.precision!r}"),
             (train.scheduler in ("onecycle", "cosine", "lambda", "none"),

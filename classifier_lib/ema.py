@@ -25,16 +25,22 @@ class ModelEMA:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """Move the average towards `model` by 1 - decay (the ramped `current_decay()` unless given)."""
         averaged, current = self._floats(self.module), self._floats(model)
         if self.updates == 0:
             torch._foreach_copy_(averaged, current)
         else:
-            torch._foreach_lerp_(averaged, current, 1.0 - self.current_decay())
+            torch._foreach_lerp_(averaged, current, 1.0 - (self.current_decay() if decay is None else decay))
         for mine, theirs in zip(self.module.buffers(), model.buffers()):
             if not mine.is_floating_point():  # BatchNorm's num_batches_tracked
                 mine.copy_(theirs)
         self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Give `model` the averaged weights and BatchNorm statistics (lookahead's restart)."""
+        torch._foreach_copy_(self._floats(model), self._floats(self.module))
 
     @staticmethod
     def _floats(model: nn.Module) -> list[torch.Tensor]:

@@ -9,13 +9,21 @@ from torch import nn
 from .config import Config, ConfigError
 
 
+def base_lr(group: dict, config: Config) -> float:
+    """A parameter group's peak learning rate: train.lr times the group's `lr_scale` (BatchNorm and biases)."""
+    return config.train.lr * group.get("lr_scale", 1.0)
+
+
 def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     train = config.train
     # No weight decay on BatchNorm and bias parameters: decaying them only hurts. Frozen ones (a whitening stem) stay out.
     trained = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trained if p.ndim > 1]
     no_decay = [p for p in trained if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": train.bias_lr_scale}]
+    for group in groups:
+        group["lr"] = base_lr(group, config)
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=True)
     if train.optimizer == "adamw":
@@ -28,8 +36,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_e
     train = config.train
     total = max(1, train.epochs * steps_per_epoch)
     if train.scheduler == "onecycle":
+        peaks = [base_lr(group, config) for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(  # it needs at least one step in each phase
-            optimizer, max_lr=train.lr, total_steps=max(total, 8), pct_start=0.25, div_factor=20, final_div_factor=200
+            optimizer, max_lr=peaks, total_steps=max(total, 8), pct_start=0.25, div_factor=20, final_div_factor=200
         )
     if train.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)

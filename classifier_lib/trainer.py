@@ -36,7 +36,7 @@ from .data import CachedImages, DataBundle
 from .device import autocast, autocast_dtype, fits_on_gpu, resolve_device, seed_everything
 from .ema import ModelEMA
 from .model import ResNet, flops_per_image, whiten_stem
-from .optim import fast_forward, make_optimizer, make_scheduler
+from .optim import base_lr, fast_forward, make_optimizer, make_scheduler
 from .predict import predict_logits, recalibrate_bn
 from .progress import batch_bars_wanted
 
@@ -207,8 +207,23 @@ class Trainer:
                 return None, None, None
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self._average()
         return loss, logits, labels
+
+    def _average(self) -> None:
+        """Update the EMA every step; or, with lookahead, every N steps and restart from the average.
+
+        Lookahead's decay grows as progress³ from 0 to ema_decay^N: early on the average follows the
+        model, late in the run the training weights keep returning to it."""
+        every = self.config.train.lookahead_every
+        if not every:
+            self.ema.update(self.model)
+            return
+        step = self.scheduler.last_epoch  # optimiser steps taken, counted across resumes
+        if step % every == 0:
+            progress = step / (self.config.train.epochs * self.steps_per_epoch)
+            self.ema.update(self.model, decay=self.config.train.ema_decay ** every * min(progress, 1.0) ** 3)
+            self.ema.copy_to(self.model)
 
     @torch.no_grad()
     def validate(self, final: bool = False) -> dict[str, float]:
@@ -276,8 +291,8 @@ class Trainer:
         if state["config"]["train"]["epochs"] == planned:
             self.scheduler.load_state_dict(state["scheduler"])
         else:  # a longer run: the schedule for the new epoch count, joined at the step reached
-            for group in self.optimizer.param_groups:  # a fresh schedule starts from the base rate
-                group["lr"] = self.config.train.lr
+            for group in self.optimizer.param_groups:  # a fresh schedule starts from the base rates
+                group["lr"] = base_lr(group, self.config)
                 group.pop("initial_lr", None)
             self.scheduler = make_scheduler(self.optimizer, self.config, self.steps_per_epoch)
             fast_forward(self.scheduler, done * self.steps_per_epoch)

@@ -14,7 +14,7 @@ from classifier_lib.ema import ModelEMA
 from classifier_lib.engine import train
 from classifier_lib.inference import Predictor
 from classifier_lib.model import ResNet
-from classifier_lib.optim import make_scheduler
+from classifier_lib.optim import make_optimizer, make_scheduler
 from classifier_lib.predict import recalibrate_bn
 from classifier_lib.runs import new_run_dir
 from classifier_lib.trainer import Mixer, train_size
@@ -173,6 +173,39 @@ def test_ema_matches_its_formula_without_reading_the_device():
         expected = decay * expected + (1 - decay) * value
     assert ema.updates == 3 and isinstance(ema.updates, int)
     assert ema.module.weight.flatten().tolist() == pytest.approx([expected, expected])
+
+
+def test_ema_update_with_a_given_decay_and_copy_back():
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = ModelEMA(model, decay=0.9)
+    ema.update(model)  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    before = ema.module.weight.clone()
+    ema.update(model, decay=0.25)
+    assert torch.allclose(ema.module.weight, 0.25 * before + 0.75)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    ema.copy_to(model)
+    assert torch.equal(model.weight, ema.module.weight)
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_batchnorm_and_biases_get_their_own_learning_rate(scheduler):
+    config = Config().override({"train.lr": 0.1, "train.bias_lr_scale": 4.0, "train.epochs": 2,
+                                "train.scheduler": scheduler})
+    model = ResNet(3, ModelConfig(widths=(8, 16), blocks=(1, 1)))
+    optimizer = make_optimizer(model, config)
+    weights, biases = optimizer.param_groups
+    assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim <= 1 for p in biases["params"])
+    schedule = make_scheduler(optimizer, config, steps_per_epoch=8)
+    peaks = [0.0, 0.0]
+    for _ in range(16):
+        optimizer.step()
+        schedule.step()
+        peaks = [max(peak, group["lr"]) for peak, group in zip(peaks, optimizer.param_groups)]
+        assert biases["lr"] == pytest.approx(4.0 * weights["lr"])
+    assert peaks == pytest.approx([0.1, 0.4] if scheduler == "onecycle" else [0.1 * 0.99, 0.4 * 0.99], rel=0.02)
 
 
 def test_precision_choices_on_the_cpu():

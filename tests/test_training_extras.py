@@ -12,8 +12,10 @@ from classifier_lib import plots
 from classifier_lib.checkpoint import read_checkpoint
 from classifier_lib.cli import main as cli_main
 from classifier_lib.config import ConfigError
+from classifier_lib.data import load_data
 from classifier_lib.engine import early_stop_reason, train
 from classifier_lib.lr_finder import find_lr, suggest
+from classifier_lib.trainer import Trainer, batches
 
 
 def rows(values, metric="valid_loss"):
@@ -159,3 +161,22 @@ def test_a_whitening_stem_is_set_from_the_data_and_never_trained(tiny_data, tmp_
 def test_a_whitening_stem_needs_an_even_first_width(tiny_data):
     with pytest.raises(ConfigError, match="model.whiten_stem"):
         tiny_config(tiny_data, **{"model.whiten_stem": True, "model.widths": (9, 16)}).validate()
+
+
+def test_lookahead_restarts_the_training_weights_from_the_average_every_n_steps(tiny_data, tmp_path):
+    config = tiny_config(tiny_data, **{"train.ema_decay": 0.9, "train.lookahead_every": 2, "train.epochs": 1,
+                                       "data.batch_size": 4})
+    trainer = Trainer(config, load_data(config.data), tmp_path, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    trainer.model.train()
+    for step, (images, labels) in enumerate(batches(trainer.data.train, 4, trainer.device, generator), start=1):
+        trainer.train_step(images, labels, 32, generator)
+        same = [torch.equal(mine, theirs) for mine, theirs in
+                zip(trainer.model.state_dict().values(), trainer.ema.module.state_dict().values())]
+        assert all(same) == (step % 2 == 0), step  # restarted from the average, or moved on from it
+    assert trainer.ema.updates == step // 2 >= 3
+
+
+def test_lookahead_needs_the_average(tiny_data):
+    with pytest.raises(ConfigError, match="lookahead_every needs the EMA"):
+        tiny_config(tiny_data, **{"train.ema_decay": 0.0, "train.lookahead_every": 5}).validate()
