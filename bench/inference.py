@@ -23,8 +23,8 @@ from machine import matmul_peak  # bench/machine.py, beside this script
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.checkpoint import save_checkpoint  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
-from classifier_lib.folders import find_splits, list_images  # noqa: E402
 from classifier_lib.export import OnnxPredictor, export  # noqa: E402
+from classifier_lib.folders import find_splits, list_images  # noqa: E402
 from classifier_lib.inference import ClassifierBase, Predictor  # noqa: E402
 from classifier_lib.model import ResNet  # noqa: E402
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.augment import BatchAugment, normalize  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data import load_split  # noqa: E402
-from classifier_lib.folders import find_splits  # noqa: E402
 from classifier_lib.device import autocast, usable_cpus  # noqa: E402
+from classifier_lib.folders import find_splits  # noqa: E402
 from classifier_lib.model import ResNet, flops_per_image  # noqa: E402
 from classifier_lib.optim import make_optimizer  # noqa: E402
 

@@ -10,9 +10,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .config import DataConfig
+from .config import SIZE_STEP, Config, DataConfig
+
+PROGRESSIVE_END = 0.75  # progressive resizing reaches the full image size at 75 % of the epochs
 
 
 def normalize(images: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
@@ -123,3 +126,28 @@ class BatchAugment:
         images = grey.mean(dim=(2, 3), keepdim=True).lerp(images, uniform(1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1))
         grey = TF.rgb_to_grayscale(images)
         return grey.lerp(images, uniform(1 - self.saturation, 1 + self.saturation).view(n, 1, 1, 1))
+
+
+def train_size(config: Config, epoch: int) -> int:
+    """The training resolution of `epoch` (0-based): with progressive resizing it grows linearly from
+    `data.min_size` to `data.image_size` over the first 75 % of the epochs, in steps of 16 px."""
+    data, epochs = config.data, config.train.epochs
+    if not data.min_size or data.min_size >= data.image_size:
+        return data.image_size
+    progress = min(1.0, epoch / max(1.0, PROGRESSIVE_END * epochs))
+    size = data.min_size + progress * (data.image_size - data.min_size)
+    return min(data.image_size, max(data.min_size, int(size) // SIZE_STEP * SIZE_STEP))
+
+
+class Mixer:
+    """CutMix or MixUp (torchvision's, half each) on a `p` share of the batches; labels become soft."""
+
+    def __init__(self, num_classes: int, p: float, mixup_alpha: float, cutmix_alpha: float):
+        self.p = p
+        self.mix = v2.RandomChoice([v2.CutMix(num_classes=num_classes, alpha=cutmix_alpha),
+                                    v2.MixUp(num_classes=num_classes, alpha=mixup_alpha)])
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        if torch.rand((), generator=generator) < self.p:
+            return self.mix(images, labels)
+        return images, labels

@@ -8,8 +8,8 @@ import sys
 from . import distributed
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import Config, ConfigError
-from .folders import DataLayoutError
 from .export import ExportError
+from .folders import DataLayoutError
 from .images import UnreadableImage
 from .presets import PRESETS, preset_config
 

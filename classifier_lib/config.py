@@ -13,7 +13,7 @@ from typing import Any
 
 from .paths import default_data_dir
 
-TTA_SIZE_STEP = 16  # the network's total stride: test sizes off this grid do worse
+SIZE_STEP = 16  # the network's total stride: training and test sizes are multiples of it (others do worse)
 FIXRES_RATIO = 1.25  # test size / training size: 80 px for 64 px crops, +1.3 points (README, 2 seeds)
 
 
@@ -57,13 +57,13 @@ class DataConfig:
         which zoom in, so that objects appear at the size they had in training (FixRes)."""
         if self.eval_size:
             return self.eval_size
-        return max(TTA_SIZE_STEP, int(self.image_size * FIXRES_RATIO / TTA_SIZE_STEP + 0.5) * TTA_SIZE_STEP)
+        return max(SIZE_STEP, int(self.image_size * FIXRES_RATIO / SIZE_STEP + 0.5) * SIZE_STEP)
 
     @property
     def tta_size_list(self) -> list[int]:
         """The test sizes whose predictions are averaged."""
         size = self.test_size
-        return [size] if self.tta_sizes == 1 else [size - TTA_SIZE_STEP, size, size + TTA_SIZE_STEP]
+        return [size] if self.tta_sizes == 1 else [size - SIZE_STEP, size, size + SIZE_STEP]
 
     @property
     def decode_size(self) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from .cache import decode_into_cache, entry_for, open_entry, write_entry_index
 from .config import DataConfig
@@ -183,3 +183,21 @@ def _train_and_valid(splits: Splits, config: DataConfig, seed: int):
     return train.data.select(train_index), train.data.select(valid_index), train.skipped, source
 
 
+def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
+            rank: int = 0, world: int = 1):
+    """A DataLoader yielding whole batches straight from the in-memory tensors.
+
+    With a generator the order is shuffled and the last incomplete batch dropped (training);
+    without one the order is kept and every sample is seen (evaluation). With several processes
+    every rank draws the same order and takes every `world`-th batch from its `rank` on, all ranks
+    the same number of them.
+    """
+    if generator is not None:
+        sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=len(dataset) > batch_size)
+    else:
+        sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
+    if world > 1:
+        order = list(sampler)
+        sampler = order[rank : len(order) // world * world : world]
+    pin = device.type == "cuda" and not dataset.images.is_cuda
+    return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=pin)

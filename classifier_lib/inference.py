@@ -10,8 +10,8 @@ import torch
 from .augment import model_input
 from .checkpoint import LoadedModel, load_model
 from .config import ConfigError
-from .folders import DataLayoutError, FlatImageDataset
 from .device import autocast_dtype, resolve_device
+from .folders import DataLayoutError, FlatImageDataset
 from .images import load_image
 from .predict import predict_logits
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError
-from .data import DataBundle, load_data
-from .trainer import Trainer, batches, setup_system
+from .data import DataBundle, batches, load_data
+from .trainer import Trainer, setup_system
 
 SMOOTHING = 0.9  # exponential moving average of the loss, debiased
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum

@@ -23,16 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from torchmetrics.functional.classification import multiclass_accuracy
-from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from . import distributed
-from .augment import BatchAugment, model_input, normalize, resize
+from .augment import BatchAugment, Mixer, model_input, normalize, resize, train_size
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, ConfigError
-from .data import CachedImages, DataBundle
+from .data import DataBundle, batches
 from .device import autocast, autocast_dtype, fits_on_gpu, resolve_device, seed_everything
 from .ema import ModelEMA
 from .model import ResNet, flops_per_image, whiten_stem
@@ -40,8 +38,6 @@ from .optim import base_lr, fast_forward, make_optimizer, make_scheduler
 from .predict import predict_logits, recalibrate_bn
 from .progress import batch_bars_wanted
 
-PROGRESSIVE_END = 0.75  # progressive resizing reaches the full image size at 75 % of the epochs
-SIZE_STEP = 16  # training sizes are multiples of the network's total stride
 BAR_EVERY = 25  # steps between progress-bar loss updates (each one waits for the device)
 
 
@@ -56,51 +52,6 @@ def setup_system(config: Config) -> torch.device:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not system.deterministic
     return device
-
-
-def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-            rank: int = 0, world: int = 1):
-    """A DataLoader yielding whole batches straight from the in-memory tensors.
-
-    With a generator the order is shuffled and the last incomplete batch dropped (training);
-    without one the order is kept and every sample is seen (evaluation). With several processes
-    every rank draws the same order and takes every `world`-th batch from its `rank` on, all ranks
-    the same number of them.
-    """
-    if generator is not None:
-        sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=len(dataset) > batch_size)
-    else:
-        sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)
-    if world > 1:
-        order = list(sampler)
-        sampler = order[rank : len(order) // world * world : world]
-    pin = device.type == "cuda" and not dataset.images.is_cuda
-    return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=pin)
-
-
-def train_size(config: Config, epoch: int) -> int:
-    """The training resolution of `epoch` (0-based): with progressive resizing it grows linearly from
-    `data.min_size` to `data.image_size` over the first 75 % of the epochs, in steps of 16 px."""
-    data, epochs = config.data, config.train.epochs
-    if not data.min_size or data.min_size >= data.image_size:
-        return data.image_size
-    progress = min(1.0, epoch / max(1.0, PROGRESSIVE_END * epochs))
-    size = data.min_size + progress * (data.image_size - data.min_size)
-    return min(data.image_size, max(data.min_size, int(size) // SIZE_STEP * SIZE_STEP))
-
-
-class Mixer:
-    """CutMix or MixUp (torchvision's, half each) on a `p` share of the batches; labels become soft."""
-
-    def __init__(self, num_classes: int, p: float, mixup_alpha: float, cutmix_alpha: float):
-        self.p = p
-        self.mix = v2.RandomChoice([v2.CutMix(num_classes=num_classes, alpha=cutmix_alpha),
-                                    v2.MixUp(num_classes=num_classes, alpha=mixup_alpha)])
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-        if torch.rand((), generator=generator) < self.p:
-            return self.mix(images, labels)
-        return images, labels
 
 
 class Trainer:

@@ -11,7 +11,7 @@ import pytest
 from conftest import REAL_DATA, make_dataset, needs_real_data
 
 from classifier_lib.cli import main as cli_main
-from classifier_lib.trainer import batches
+from classifier_lib.data import batches
 
 TESTS = Path(__file__).resolve().parent
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from classifier_lib.augment import model_input
+from classifier_lib.augment import Mixer, model_input, train_size
 from classifier_lib.checkpoint import load_model, read_checkpoint
 from classifier_lib.config import Config, ConfigError, DataConfig, ModelConfig
 from classifier_lib.device import autocast_dtype
@@ -17,7 +17,6 @@ from classifier_lib.model import ResNet
 from classifier_lib.optim import make_optimizer, make_scheduler
 from classifier_lib.predict import recalibrate_bn
 from classifier_lib.runs import new_run_dir
-from classifier_lib.trainer import Mixer, train_size
 
 
 def test_training_writes_a_complete_run_folder(trained_run):

@@ -9,8 +9,8 @@ from conftest import COLOURS, make_image
 
 from classifier_lib import cli
 from classifier_lib.checkpoint import CheckpointError
-from classifier_lib.folders import find_splits
 from classifier_lib.evaluation import evaluate_checkpoint
+from classifier_lib.folders import find_splits
 from classifier_lib.images import load_image
 from classifier_lib.inference import Predictor, write_submission
 
@@ -222,8 +222,9 @@ def test_folder_prediction_streams_a_batch_at_a_time(trained_run, tmp_path):
 
 
 def test_an_ensemble_file_predicts_the_average_of_its_members(tiny_data, tmp_path, capsys):
-    from classifier_lib.engine import train
     from conftest import tiny_config
+
+    from classifier_lib.engine import train
 
     # without flip TTA: each view's probabilities are averaged over the members exactly (with TTA the
     # views are then averaged on the log scale, as logits are)
@@ -244,9 +245,10 @@ def test_an_ensemble_file_predicts_the_average_of_its_members(tiny_data, tmp_pat
 
 
 def test_an_ensemble_refuses_members_that_do_not_match(trained_run, tiny_data, tmp_path):
+    from conftest import tiny_config
+
     from classifier_lib.engine import train
     from classifier_lib.ensemble import make_ensemble
-    from conftest import tiny_config
 
     result, _ = trained_run
     other_size = train(tiny_config(tiny_data, **{"data.image_size": 48, "data.eval_size": 48, "train.epochs": 1}),

@@ -90,9 +90,9 @@ def test_sweep_runs_each_combination_resumes_after_a_failure_and_compares(tmp_pa
 
 
 def test_compare_any_runs_from_the_command_line(tiny_data, tmp_path, capsys):
-    import run_pipeline
     from conftest import tiny_config
 
+    import run_pipeline
     from classifier_lib.engine import train
 
     runs = [train(tiny_config(tiny_data, **{"train.lr": lr}), runs_root=tmp_path / "runs").run_dir for lr in (0.05, 0.1)]

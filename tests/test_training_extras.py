@@ -12,10 +12,10 @@ from classifier_lib import plots
 from classifier_lib.checkpoint import read_checkpoint
 from classifier_lib.cli import main as cli_main
 from classifier_lib.config import ConfigError
-from classifier_lib.data import load_data
+from classifier_lib.data import batches, load_data
 from classifier_lib.engine import early_stop_reason, train
 from classifier_lib.lr_finder import find_lr, suggest
-from classifier_lib.trainer import Trainer, batches
+from classifier_lib.trainer import Trainer
 
 
 def rows(values, metric="valid_loss"):
