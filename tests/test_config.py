@@ -51,6 +51,7 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     assert cli.config_from_args(bare_args).data.image_size == default.data.image_size  # no --preset: the default
     fast = preset_config("fast")
     assert fast.train.epochs == PRESETS["fast"]["train.epochs"] < Config().train.epochs and fast.model.whiten_stem
+    assert fast.train.bias_lr_scale > Config().train.bias_lr_scale
     best = preset_config("best").data
     assert best.min_size < best.image_size and best.test_size > best.image_size > Config().data.image_size
     with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
