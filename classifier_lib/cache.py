@@ -2,12 +2,15 @@
 
 An entry is `images_<key>.npy`, the N x 3 x S x S uint8 pixels, written by the decoders as they go
 into a preallocated memory-mapped file and read back by memory mapping, and `images_<key>.json`, the
-labels, paths and skipped files, written last: an entry without it is incomplete and rebuilt. The
+paths and skipped files, written last: an entry without it is incomplete and rebuilt. Labels are not
+cached: they come from the paths and the class list of the run reading the entry. The cache is
+capped in size (`$CLASSIFIER_CACHE_MAX_GB`), the least recently used entries going first. The
 key covers the absolute paths, sizes and dates of the files, the size, and a fingerprint of the
 decoding code and Pillow's version, so pixels decoded another way are never reused.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -20,8 +23,11 @@ import PIL
 import torch
 
 from . import images as images_module
+from .config import ConfigError
+from .fileio import atomic_write
 
 CACHE_VERSION = 3
+DEFAULT_MAX_GB = 20  # the cache's size cap unless $CLASSIFIER_CACHE_MAX_GB says otherwise
 
 
 def cache_dir() -> Path:
@@ -55,13 +61,21 @@ def entry_for(paths: list[Path], size: int) -> Path:
 
 def decode_into_cache(entry: Path, count: int, size: int, decode: Callable[[torch.Tensor], tuple]):
     """Run `decode(out)` on a preallocated memory-mapped `count x 3 x size x size` array, then move the
-    file into place; returns what `decode` returns. Nothing is left behind when it fails."""
+    file into place; returns what `decode` returns. Nothing is left behind when it fails.
+
+    The file's blocks are reserved before any pixel is written: a memory-mapped write to a sparse file
+    on a full disk kills the process (SIGBUS), while a reservation that does not fit raises OSError,
+    which the caller turns into decoding in memory."""
     entry.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries()
+    make_room(count * 3 * size * size)
     tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}.npy")
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
+        _reserve(tmp)
         result = decode(torch.from_numpy(array))
         array.flush()
+        _fsync(tmp)  # the pixels are on disk before the index that declares the entry complete
         os.replace(tmp, entry.with_suffix(".npy"))
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -69,26 +83,95 @@ def decode_into_cache(entry: Path, count: int, size: int, decode: Callable[[torc
     return result
 
 
-def write_entry_index(entry: Path, labels: list[int], paths: list[str], skipped: list[tuple[str, str]]) -> None:
+def write_entry_index(entry: Path, paths: list[str], skipped: list[tuple[str, str]]) -> None:
     """Complete an entry whose pixels are in place (else do nothing)."""
     if not entry.with_suffix(".npy").exists():
         return
-    tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}.json")
     try:
-        tmp.write_text(json.dumps({"count": len(labels), "labels": labels, "paths": paths, "skipped": skipped}))
-        os.replace(tmp, entry.with_suffix(".json"))
+        atomic_write(entry.with_suffix(".json"), json.dumps({"count": len(paths), "paths": paths, "skipped": skipped}))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass  # the entry stays incomplete and is rebuilt next time
 
 
 def open_entry(entry: Path):
-    """(images memory-mapped copy-on-write, labels, paths, skipped) of a complete entry, else None.
-    A broken entry is rebuilt, never fatal."""
+    """(images memory-mapped copy-on-write, paths, skipped) of a complete entry, else None; marks the
+    entry as used (for the size cap's least-recently-used eviction). A broken entry is rebuilt, never fatal."""
     try:
-        record = json.loads(entry.with_suffix(".json").read_text())
+        index = entry.with_suffix(".json")
+        record = json.loads(index.read_text())
         images = torch.from_numpy(np.load(entry.with_suffix(".npy"), mmap_mode="c"))[: record["count"]]
-        if not len(images) == len(record["labels"]) == len(record["paths"]):
+        if not len(images) == len(record["paths"]):
             return None
-        return images, record["labels"], record["paths"], [tuple(pair) for pair in record["skipped"]]
+        os.utime(index)
+        return images, record["paths"], [tuple(pair) for pair in record["skipped"]]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def cache_limit_bytes() -> int:
+    """The cache's size cap: `$CLASSIFIER_CACHE_MAX_GB` (GiB, default 20; 0 = no cap)."""
+    try:
+        return int(float(os.environ.get("CLASSIFIER_CACHE_MAX_GB", DEFAULT_MAX_GB)) * 2**30)
+    except ValueError:
+        raise ConfigError(f"CLASSIFIER_CACHE_MAX_GB must be a number of GiB, got {os.environ['CLASSIFIER_CACHE_MAX_GB']!r}") from None
+
+
+def make_room(needed: int) -> list[Path]:
+    """Delete the least recently used entries until `needed` more bytes fit under the cap; returns
+    the entries deleted. An entry a running process maps stays readable by it (unlinked, not truncated)."""
+    limit = cache_limit_bytes()
+    if not limit:
+        return []
+    entries = sorted(cache_dir().glob("images_*.json"), key=lambda index: index.stat().st_mtime)
+    sizes = {index: index.with_suffix(".npy").stat().st_size if index.with_suffix(".npy").exists() else 0
+             for index in entries}
+    total, removed = sum(sizes.values()), []
+    for index in entries:
+        if total + needed <= limit:
+            break
+        index.unlink(missing_ok=True)
+        index.with_suffix(".npy").unlink(missing_ok=True)
+        total -= sizes[index]
+        removed.append(index.with_suffix(""))
+    return removed
+
+
+def remove_stale_temporaries() -> int:
+    """Delete half-written pixel files left by decoders that died (their process is gone)."""
+    removed = 0
+    for tmp in cache_dir().glob("images_*.tmp*.npy"):
+        pid = tmp.suffixes[-2].removeprefix(".tmp") if len(tmp.suffixes) >= 2 else ""
+        if pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of `path` now, so that running out of space is an OSError here."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: go on
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

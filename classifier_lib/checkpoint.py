@@ -3,13 +3,11 @@
 A checkpoint holds the model weights, the class names, the normalisation, the image size, the whole
 run config (model config included) and the library version; training checkpoints also hold the
 optimizer, scheduler and gradient-scaler states and the epoch, so training can resume from them.
-Files are written atomically: a temporary file in the same folder, then a rename.
+Files are written atomically (`fileio.atomic_write`).
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from torch import nn
 
 from . import __version__
 from .config import Config
+from .fileio import atomic_write
 from .model import ResNet
 
 FORMAT = "classifier_lib.checkpoint/1"
@@ -42,18 +41,7 @@ class LoadedModel:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write `state` atomically; on failure the previous file at `path` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, "library_version": __version__, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save({"format": FORMAT, "library_version": __version__, **state}, handle))
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -74,7 +62,22 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted?): {_first_line(error)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a classifier_lib checkpoint (no '{FORMAT}' marker)")
+    check_class_names(state.get("class_names"), path)
     return state
+
+
+def check_class_names(names, source) -> list[str]:
+    """Class names become folder names (pseudo-labels) and CSV cells: refuse any that could not be one
+    folder of a data set: not a list of unique, non-empty names without path separators, or `.`/`..`."""
+    if not isinstance(names, (list, tuple)) or len(names) < 2 or not all(isinstance(name, str) for name in names):
+        raise CheckpointError(f"{source}: class_names must be a list of at least two names, got {names!r}")
+    bad = [name for name in names if not name.strip() or name in (".", "..") or "/" in name or "\\" in name
+           or "\0" in name]
+    if bad:
+        raise CheckpointError(f"{source}: class names {bad!r} cannot be folder names (empty, '.', '..' or a path)")
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{source}: class names are not unique: {names!r}")
+    return list(names)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -14,7 +14,7 @@ import pandas as pd
 from .config import Config
 from .evaluation import Evaluation, evaluate_checkpoint
 from .presets import preset_config
-from .runs import read_json
+from .fileio import read_json
 
 NOT_A_SETTING = {"train.resume", "data.data_dir"}  # where a run came from, not how it was trained
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fileio import write_json
 from .paths import default_data_dir
 
 SIZE_STEP = 16  # the network's total stride: training and test sizes are multiples of it (others do worse)
@@ -132,7 +133,7 @@ class Config:
         return config
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Config:

@@ -1,6 +1,8 @@
 """The labelled splits a run trains and validates on, held as uint8 tensors.
 
-Without a validation folder a stratified, seeded split of the training folder is used.
+Without a validation folder a seeded part of the training folder is held out; which files are held
+out is a function of each file's path and the seed alone (`held_out_split`), so adding, removing or
+renaming a file never moves another one between training and validation.
 
 Every image is decoded once (in parallel), resized to the largest resolution a run needs and kept
 as one `N x 3 x S x S` uint8 tensor, backed by a memory-mapped file of the on-disk cache (`cache`),
@@ -8,7 +10,9 @@ so the next run or notebook starts in a second and memory stays bounded by the b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,7 @@ class DataBundle:
     skipped: list[tuple[str, str]]  # every file of the data folder that could not be used, once
     valid_source: str  # which images the validation split is, in words
     extra_images: int = 0  # training images from data.extra_train_dir (e.g. pseudo-labelled)
+    split: dict = field(default_factory=dict)  # split_record: which files each split holds, as digests
 
 
 def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0,
@@ -82,10 +87,11 @@ def load_split(split_dir: Path, class_names: list[str], size: int, workers: int 
     paths, labels, skipped = list_labelled(split_dir, class_names, every_class)
     entry = entry_for(paths, size)
     cached = open_entry(entry)
-    if cached is not None:
-        images, cached_labels, cached_paths, cached_skipped = cached
-        return LabelledSplit(CachedImages(images, torch.tensor(cached_labels, dtype=torch.long), cached_paths),
-                             cached_skipped)
+    if cached is not None:  # labels come from today's class list, never from the cache (classes may have been added)
+        images, cached_paths, cached_skipped = cached
+        label_of = dict(zip(map(str, paths), labels))
+        return LabelledSplit(CachedImages(images, torch.tensor([label_of[p] for p in cached_paths], dtype=torch.long),
+                                          cached_paths), cached_skipped)
     dataset = FlatImageDataset(paths, size)
     desc = f"decoding {split_dir.name}"
     try:
@@ -99,7 +105,7 @@ def load_split(split_dir: Path, class_names: list[str], size: int, workers: int 
         CachedImages(images, torch.tensor([labels[i] for i in kept], dtype=torch.long), [str(paths[i]) for i in kept]),
         skipped + unreadable,
     )
-    write_entry_index(entry, split.data.labels.tolist(), split.data.paths, split.skipped)
+    write_entry_index(entry, split.data.paths, split.skipped)
     return split
 
 
@@ -117,29 +123,71 @@ def channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[tuple[float, 
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def stratified_split(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class split: (`fraction` of each class, at least one; the rest), both sorted."""
+def held_out_split(paths: list[str], labels, fraction: float, seed: int, root: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the files held out, the rest), both sorted.
+
+    A file is held out when a hash of (`seed`, its path relative to `root`) falls below `fraction`: its
+    membership depends on nothing else, so adding, removing or renaming a file moves only that file.
+    Each class gets about `fraction` of its files; one with two or more keeps at least one file on each
+    side (its lowest-hash file held out, its highest-hash one not).
+    """
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
+    scores = _scores(paths, seed, root, "valid")
+    chosen = scores < fraction
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) >= 2 and not chosen[members].any():
+            chosen[members[np.argmin(scores[members])]] = True
+        if len(members) >= 2 and chosen[members].all():
+            chosen[members[np.argmax(scores[members])]] = False
+    return np.flatnonzero(chosen), np.flatnonzero(~chosen)
+
+
+def stratified_subset(paths: list[str], labels, fraction: float, seed: int, root: str | Path) -> np.ndarray:
+    """Sorted indices of `fraction` of each class (at least one): its files of lowest hash of (`seed`, path)."""
+    labels = np.asarray(labels)
+    scores = _scores(paths, seed, root, "subset")
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         count = min(len(members), max(1, round(fraction * len(members))))
-        chosen.append(rng.permutation(members)[:count])
-    chosen = np.sort(np.concatenate(chosen))
-    return chosen, np.setdiff1d(np.arange(len(labels)), chosen)
+        chosen.append(members[np.argsort(scores[members], kind="stable")[:count]])
+    return np.sort(np.concatenate(chosen))
+
+
+def _scores(paths: list[str], seed: int, root: str | Path, purpose: str) -> np.ndarray:
+    """A deterministic number in [0, 1) per file from (purpose, seed, path relative to `root`), the same
+    on every machine and Python version."""
+    return np.array([int.from_bytes(hashlib.sha1(f"{purpose}|{seed}|{os.path.relpath(path, root)}".encode()).digest()[:8],
+                                    "big") / 2**64 for path in paths])
+
+
+def split_record(train: CachedImages, valid: CachedImages, root: str | Path) -> dict[str, int | str]:
+    """Which files a run trains on and holds out for validation (before any `data.subset`), as counts and
+    digests of their paths relative to the data folder: saved in metrics.json and every checkpoint, and
+    compared by whatever rebuilds a split (evaluation, resume)."""
+    return {"train_files": len(train.paths), "train_digest": files_digest(train.paths, root),
+            "valid_files": len(valid.paths), "valid_digest": files_digest(valid.paths, root)}
+
+
+def files_digest(paths: list[str], root: str | Path) -> str:
+    """A digest of a set of files, by their paths relative to `root` (order does not matter)."""
+    names = sorted(os.path.relpath(path, root) for path in paths)
+    return hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
 
 
 def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
     """Decode (or load from cache) both splits described by `config` and compute the normalisation."""
     splits = find_splits(config.data_dir)
     train, valid, skipped, valid_source = _train_and_valid(splits, config, seed)
+    held_out = valid  # the validation pool, before any subset: what evaluation rebuilds
     if config.subset < 1.0:
-        train = train.select(stratified_split(train.labels, config.subset, seed)[0])
-        valid = valid.select(stratified_split(valid.labels, config.subset, seed)[0])
+        train = train.select(stratified_subset(train.paths, train.labels, config.subset, seed, splits.root))
+        valid = valid.select(stratified_subset(valid.paths, valid.labels, config.subset, seed, splits.root))
     extra_images = 0
     if config.extra_train_dir:
         extra = load_extra(config, splits.class_names)
+        refuse_validation_images(extra.data.paths, valid.paths, config.extra_train_dir)
         train, skipped, extra_images = train.concat(extra.data), skipped + extra.skipped, len(extra.data)
     if config.train_on_all:
         train = train.concat(valid)
@@ -148,7 +196,8 @@ def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
         names = [splits.class_names[i] for i in missing]
         raise DataLayoutError(f"no readable training images for classes {names} in {splits.train}")
     mean, std = channel_stats(train.images)
-    return DataBundle(train, valid, splits.class_names, mean, std, splits, skipped, valid_source, extra_images)
+    return DataBundle(train, valid, splits.class_names, mean, std, splits, skipped, valid_source, extra_images,
+                      split_record(train, held_out, splits.root))
 
 
 def load_held_out(config: DataConfig, seed: int, split: str = "valid") -> tuple[CachedImages, str]:
@@ -171,6 +220,37 @@ def load_extra(config: DataConfig, class_names: list[str]) -> LabelledSplit:
     return load_split(folder, class_names, config.decode_size, config.workers, every_class=False)
 
 
+def refuse_validation_images(extra: list[str], valid: list[str], source: str) -> None:
+    """Refuse extra training files that are validation images: the same file (a hard link has another
+    path but the same device and inode) or a copy of one (same size and content)."""
+    def identity(path: str) -> tuple[int, int]:
+        stat = os.stat(path)
+        return stat.st_dev, stat.st_ino
+
+    valid_ids = {identity(path): path for path in valid}
+    valid_by_size: dict[int, list[str]] = {}
+    for path in valid:
+        valid_by_size.setdefault(os.path.getsize(path), []).append(path)
+    contents: dict[str, str] = {}  # path -> digest, computed only for files whose size matches
+
+    def content(path: str) -> str:
+        if path not in contents:
+            contents[path] = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        return contents[path]
+
+    leaks = []
+    for path in extra:
+        same = valid_ids.get(identity(path)) or next(
+            (other for other in valid_by_size.get(os.path.getsize(path), []) if content(other) == content(path)), None)
+        if same:
+            leaks.append((path, same))
+    if leaks:
+        raise DataLayoutError(
+            f"{len(leaks)} images of data.extra_train_dir {source} are validation images (e.g. {leaks[0][0]} is "
+            f"{leaks[0][1]}): training on them would make the validation accuracy no score; pseudo-label a folder "
+            "outside Train/ and Valid/")
+
+
 def _train_and_valid(splits: Splits, config: DataConfig, seed: int):
     """(train, valid, skipped files, what valid is): the Valid folder, else a seeded split of Train."""
     size = config.decode_size
@@ -178,8 +258,8 @@ def _train_and_valid(splits: Splits, config: DataConfig, seed: int):
     if splits.valid is not None:
         valid = load_split(splits.valid, splits.class_names, size, config.workers)
         return train.data, valid.data, train.skipped + valid.skipped, str(splits.valid)
-    valid_index, train_index = stratified_split(train.data.labels, config.val_fraction, seed)
-    source = f"{config.val_fraction:.0%} of {splits.train} held out (stratified, seed {seed}; no Valid folder)"
+    valid_index, train_index = held_out_split(train.data.paths, train.data.labels, config.val_fraction, seed, splits.train)
+    source = f"{config.val_fraction:.0%} of {splits.train} held out (by a hash of each path and seed {seed}; no Valid folder)"
     return train.data.select(train_index), train.data.select(valid_index), train.skipped, source
 
 

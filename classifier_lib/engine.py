@@ -27,7 +27,8 @@ from .config import Config
 from .data import DataBundle, load_data
 from .model import count_parameters
 from .progress import progress_bar_wanted
-from .runs import new_run_dir, write_json
+from .fileio import write_json
+from .runs import new_run_dir
 from .tb_figures import log_figures
 from .trainer import Trainer, setup_system
 
@@ -209,6 +210,7 @@ def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
         "class_names": trainer.data.class_names,
         "train_images": len(trainer.data.train),
         "extra_train_images": trainer.data.extra_images,
+        "data_split": trainer.data.split,
         "valid_images": len(trainer.data.valid),
         "skipped_files": len(trainer.data.skipped),
         "skipped": trainer.data.skipped,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report, confusion_matrix
 
-from .data import CachedImages, load_held_out
+from .data import CachedImages, files_digest, load_held_out
 from .folders import DataLayoutError, find_splits
 from .inference import Predictor
 
@@ -88,16 +88,22 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = No
     state = predictor.loaded.checkpoint
     chosen_on = (f"its validation accuracy: epoch {state['epoch']} scored best on Valid" if state.get("selected_on_valid")
                  else "nothing: the weights after the last epoch trained")
-    caveat = _caveat(state, config, split) if same_data else ""
+    caveat = _caveat(state, config, split, data, data_config.data_dir) if same_data else ""
     return Evaluation(predictor.class_names, data, predictor.probabilities(data.images), source, chosen_on, caveat)
 
 
-def _caveat(state: dict, config, split: str) -> str:
+def _caveat(state: dict, config, split: str, data: CachedImages, data_dir: str) -> str:
     """Why an accuracy on the run's own data is not an unbiased score, if it is not."""
     if split == "train":
         return "these are training images: the model has seen them"
+    if state.get("valid_trained_on"):
+        return f"{state['valid_trained_on']}: this is not a score"
     if config.data.train_on_all:
         return "this model was trained on the validation images too (train_on_all): this is not a score"
+    recorded = (state.get("data_split") or {}).get("valid_digest")
+    if recorded and recorded != files_digest(data.paths, find_splits(data_dir).root):
+        return (f"these {len(data.paths)} images are not the {state['data_split']['valid_files']} that training validated "
+                "on (files were added, removed or renamed since): some of them may have been trained on")
     if state.get("selected_on_valid"):
         return ("this checkpoint was chosen for its accuracy on this same split: the figure is optimistic "
                 "(last.pt gives an unbiased one)")

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from .augment import model_input
-from .checkpoint import CheckpointError, LoadedModel, load_model, read_checkpoint
+from .checkpoint import CheckpointError, LoadedModel, check_class_names, load_model, read_checkpoint
 from .config import Config, ConfigError
 from .data import load_held_out
 from .folders import DataLayoutError
@@ -187,7 +187,7 @@ class OnnxPredictor(ClassifierBase):
         props = self.session.get_modelmeta().custom_metadata_map
         if "class_names" not in props:
             raise CheckpointError(f"{path} is an ONNX model but not one exported by classifier_lib (no class_names)")
-        self.class_names = json.loads(props["class_names"])
+        self.class_names = check_class_names(json.loads(props["class_names"]), path)
         self.image_size = int(props["image_size"])
         self.metadata = props
         self.input = self.session.get_inputs()[0]

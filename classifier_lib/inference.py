@@ -1,7 +1,6 @@
 """Prediction from a checkpoint file alone: single images, batches, folders and submission CSVs."""
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +10,10 @@ from .augment import model_input
 from .checkpoint import LoadedModel, load_model
 from .config import ConfigError
 from .device import autocast_dtype, resolve_device
+from .fileio import write_csv
 from .folders import DataLayoutError, FlatImageDataset
 from .images import load_image
 from .predict import predict_logits
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a cell as a formula
-
 
 @dataclass
 class Prediction:
@@ -121,24 +118,15 @@ def open_predictor(path: str | Path, backend: str = "torch", device: str = "auto
     raise ConfigError(f"backend must be torch or onnxruntime, got {backend!r}")
 
 
-def write_submission(predictions: FolderPredictions, path: str | Path) -> tuple[Path, Path]:
-    """Write `id,label` to `path` and `id,<class probabilities>` beside it (`*_probs.csv`)."""
+def write_submission(predictions: FolderPredictions, path: str | Path, formula_guard: bool = True) -> tuple[Path, Path]:
+    """Write `id,label` to `path` and `id,<class probabilities>` beside it (`*_probs.csv`).
+
+    With `formula_guard` a cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@` first) gets a
+    leading `'`; without it ids and labels are written exactly, as a grader comparing them needs."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     probs_path = path.with_name(path.stem + "_probs.csv")
-    ids = [csv_safe(image_id) for image_id in predictions.ids]
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "label"])
-        writer.writerows(zip(ids, predictions.labels))
-    with probs_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", *predictions.class_names])
-        for image_id, row in zip(ids, predictions.probabilities.tolist()):
-            writer.writerow([image_id, *(f"{p:.6f}" for p in row)])
+    write_csv(path, ["id", "label"], zip(predictions.ids, predictions.labels), formula_guard)
+    probabilities = ([image_id, *(f"{p:.6f}" for p in row)]
+                     for image_id, row in zip(predictions.ids, predictions.probabilities.tolist()))
+    write_csv(probs_path, ["id", *predictions.class_names], probabilities, formula_guard)
     return path, probs_path
-
-
-def csv_safe(cell: str) -> str:
-    """A file name as a CSV cell that a spreadsheet shows as text, never runs as a formula (OWASP)."""
-    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell

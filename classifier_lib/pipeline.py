@@ -6,7 +6,6 @@ lists every run.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from .compare import load_run
 from .config import Config, ConfigError
 from .progress import progress_bar_wanted
 from .report_index import COMPARE_DIR, write_index
-from .runs import new_run_dir, read_json
+from .fileio import atomic_write, read_json, write_json
+from .runs import new_run_dir
 
 PIPELINE = ("01_data_stats", "02_training", "03_evaluation", "04_activations", "05_submission")
 COMPARE_NOTEBOOK = "07_compare_runs"
@@ -184,7 +184,7 @@ def render_html(notebook: Path, target: Path) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter(embed_images=True, extra_loaders=[OFFLINE_TEMPLATE], template_file="offline.html.j2")
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    target.write_text(body, encoding="utf-8")
+    atomic_write(target, body)
     return target
 
 
@@ -198,7 +198,7 @@ def _save_pipeline_parameters(run_dir: Path, data_dir, parameters: dict[str, Any
         "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if sweep:
         record["sweep"] = sweep
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
 
 
 def _log_step(step: Step, seconds: float) -> None:

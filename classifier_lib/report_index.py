@@ -11,7 +11,8 @@ from pathlib import Path
 import jinja2
 
 from .compare import differences_from_default, load_run
-from .runs import list_runs, read_json
+from .fileio import atomic_write, read_json
+from .runs import list_runs
 
 COMPARE_DIR = "compare"  # reports/compare/<name>.html: comparison pages
 
@@ -58,7 +59,7 @@ def write_index(runs_root: str | Path = "runs", reports_root: str | Path = "repo
     comparisons = sorted(page.stem for page in (reports_root / COMPARE_DIR).glob("*.html"))
     template = jinja2.Environment(autoescape=True).from_string(INDEX_TEMPLATE)
     index = reports_root / "index.html"
-    index.write_text(template.render(rows=rows, comparisons=comparisons, compare_dir=COMPARE_DIR), encoding="utf-8")
+    atomic_write(index, template.render(rows=rows, comparisons=comparisons, compare_dir=COMPARE_DIR))
     return index
 
 

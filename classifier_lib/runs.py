@@ -1,7 +1,6 @@
 """Versioned run folders: runs/version_N, never reused, also when two runs start at once."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -55,20 +54,3 @@ def resolve_run(run_dir: str | Path | None, runs_root: str | Path = "runs") -> P
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist")
     return path
-
-
-def read_json(path: str | Path) -> dict:
-    """A run file such as metrics.json, or {} when it is missing or half-written."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_json(path: str | Path, record: dict) -> None:
-    """Write a run file whole or not at all (a reader never sees it half-written): a temporary file, renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)

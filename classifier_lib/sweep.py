@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .pipeline import NOTEBOOKS_DIR, PIPELINE, PipelineError, check_parameters, compare_runs, run_pipeline
 from .progress import progress_bar_wanted
-from .runs import new_run_dir, read_json, write_json
+from .fileio import read_json, write_json
+from .runs import new_run_dir
 
 SWEEPS_DIR = "sweeps"  # runs/sweeps/<name>.json
 

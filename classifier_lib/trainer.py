@@ -70,6 +70,10 @@ class Trainer:
             whiten_stem(self.model, self._whitening_sample())
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        train = config.train
+        # the average is copied before SyncBatchNorm replaces BatchNorm: rank 0 alone validates and recalibrates
+        # it, and a SyncBatchNorm in training mode would wait for the other ranks forever
+        self.ema = ModelEMA(self.model, train.ema_decay) if train.ema_decay else None
         self.network = self._distributed(self.model) if self.world > 1 else self.model  # what training steps run
         self.optimizer = make_optimizer(self.model, config)
         self.steps_per_epoch = len(batches(data.train, config.data.batch_size, device, torch.Generator(),
@@ -78,10 +82,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
         self.augment = BatchAugment.from_config(config.data) if config.data.augment else None
         self.num_classes = len(data.class_names)
-        train = config.train
         self.mixer = Mixer(self.num_classes, train.mix_p, train.mixup_alpha, train.cutmix_alpha) if train.mix_p else None
         self.flops_per_image = flops_per_image(self.model, config.data.image_size)
-        self.ema = ModelEMA(self.model, train.ema_decay) if train.ema_decay else None
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best_valid_acc, self.best_epoch = -1.0, 0
@@ -221,13 +223,32 @@ class Trainer:
             "history": json.dumps(self.history),
             "best_valid_acc": self.best_valid_acc,
             "best_epoch": self.best_epoch,
+            "data_split": self.data.split,  # which files trained and were held out (digests)
+            "run_identity": self.run_identity(),
         }
+
+    def run_identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the checkpoint it continues: the seed and the split (or the
+        validation images would change mid-run), the training files, and the steps per epoch (batch size,
+        data, processes), which the learning-rate schedule was built for."""
+        split = self.data.split
+        return {"system.seed": self.config.system.seed, "data.val_fraction": self.config.data.val_fraction,
+                "training files": f"{split.get('train_files')} files, digest {split.get('train_digest')}",
+                "validation files": f"{split.get('valid_files')} files, digest {split.get('valid_digest')}",
+                "steps per epoch": self.steps_per_epoch, "processes": self.world}
 
     def load_state(self, state: dict[str, Any], source: str) -> None:
         if list(state["class_names"]) != self.data.class_names:
             raise CheckpointError(
                 f"{source} was trained on classes {state['class_names']}, the data has {self.data.class_names}"
             )
+        recorded = state.get("run_identity") or {  # checkpoints written before it was recorded
+            "system.seed": state["config"]["system"]["seed"], "data.val_fraction": state["config"]["data"]["val_fraction"]}
+        for field, then in recorded.items():
+            now = self.run_identity()[field]
+            if now != then:
+                raise ConfigError(f"{source} cannot be resumed with other {field} ({now}; the run has {then}): a resumed "
+                                  "run keeps its data, split, seed, batch size and processes; start a new run instead")
         done, planned = int(state["epoch"]), self.config.train.epochs
         if done > planned:
             raise ConfigError(f"{source} has already trained {done} epochs; ask for more than that with --epochs")

@@ -10,7 +10,7 @@ from conftest import make_dataset, make_image
 
 from classifier_lib.cache import clear_cache
 from classifier_lib.config import DataConfig
-from classifier_lib.data import channel_stats, load_data, load_held_out, load_split, stratified_split
+from classifier_lib.data import channel_stats, held_out_split, load_data, load_held_out, load_split
 from classifier_lib.folders import DataLayoutError, FlatImageDataset, find_splits
 
 
@@ -28,21 +28,42 @@ def test_lowercase_layout(tmp_path):
     assert splits.train.name == "train" and splits.valid.name == "val"
 
 
-def test_without_valid_folder_a_stratified_seeded_split_is_made(tmp_path):
+def test_without_valid_folder_a_seeded_split_is_made(tmp_path):
     root = make_dataset(tmp_path / "d", per_class=(10, 0), valid=False)
     data = load_data(DataConfig(data_dir=str(root), image_size=16, val_fraction=0.2), seed=3)
-    assert len(data.train) == 24 and len(data.valid) == 6
-    assert torch.bincount(data.valid.labels).tolist() == [2, 2, 2]
+    assert len(data.train) + len(data.valid) == 30 and torch.bincount(data.valid.labels).min() >= 1
     assert not set(data.train.paths) & set(data.valid.paths)
     again = load_data(DataConfig(data_dir=str(root), image_size=16, val_fraction=0.2), seed=3)
     assert again.valid.paths == data.valid.paths
+    other_seed = load_data(DataConfig(data_dir=str(root), image_size=16, val_fraction=0.2), seed=4)
+    assert other_seed.valid.paths != data.valid.paths
 
 
-def test_stratified_split_keeps_class_proportions_and_at_least_one():
-    labels = np.array([0] * 50 + [1] * 30 + [2] * 3)
-    chosen, rest = stratified_split(labels, 0.1, seed=0)
-    assert np.bincount(labels[chosen]).tolist() == [5, 3, 1]
+def _paths(count: int, name: str = "cat") -> list[str]:
+    return [f"/data/Train/{name}/img_{i:05d}.jpg" for i in range(count)]
+
+
+def test_held_out_split_keeps_class_proportions_and_one_image_on_each_side():
+    paths = _paths(3000, "cat") + _paths(1000, "dog") + _paths(2, "rare") + _paths(1, "single")
+    labels = np.array([0] * 3000 + [1] * 1000 + [2] * 2 + [3])
+    chosen, rest = held_out_split(paths, labels, 0.2, seed=0, root="/data/Train")
+    counts = np.bincount(labels[chosen], minlength=4)
+    assert abs(counts[0] - 600) < 75 and abs(counts[1] - 200) < 45  # about 20 % (4 sd of a binomial)
+    assert counts[2] == 1 and counts[3] == 0  # two images: one each side; one image: it trains
     assert sorted(np.concatenate([chosen, rest]).tolist()) == list(range(len(labels)))
+
+
+def test_adding_a_file_moves_no_other_file_between_the_splits():
+    """The held-out split is a function of each file's path: a new image (even first in the list) never
+    sends a training image to validation (the index-based split put 168 of 300 into the old training set)."""
+    paths, labels = _paths(1500), np.zeros(1500, dtype=int)
+    before = {paths[i] for i in held_out_split(paths, labels, 0.2, seed=0, root="/data/Train")[0]}
+    grown = ["/data/Train/cat/aaa_new.jpg"] + paths
+    after = {grown[i] for i in held_out_split(grown, np.zeros(1501, dtype=int), 0.2, seed=0, root="/data/Train")[0]}
+    assert after - {"/data/Train/cat/aaa_new.jpg"} == before
+    moved = [p.replace("/data/", "/elsewhere/") for p in paths]  # the folder moved: the split is the same
+    assert {moved[i] for i in held_out_split(moved, labels, 0.2, seed=0, root="/elsewhere/Train")[0]} == {
+        p.replace("/data/", "/elsewhere/") for p in before}
 
 
 def test_subset_is_stratified(tiny_data):
