@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pandas.io.formats.style import Styler
 
 from .config import Config
 from .evaluation import Evaluation, evaluate_checkpoint
@@ -120,3 +121,21 @@ def disagreements(evaluations: dict[str, Evaluation]) -> pd.DataFrame:
     differ = predicted.nunique(axis=1) > 1
     table = pd.DataFrame({"path": first.data.paths, "true": [first.class_names[i] for i in first.labels]})
     return pd.concat([table, predicted], axis=1)[differ]
+
+
+def escaped(styler: Styler, formatter=None, **format_options) -> Styler:
+    """A Styler whose cells, row and column labels are HTML-escaped: pandas' Styler writes them as markup,
+    so a run or class folder named `<img onerror=...>` would run in the comparison page."""
+    return (styler.format(formatter, escape="html", **format_options)
+            .format_index(escape="html", axis=0).format_index(escape="html", axis=1))
+
+
+def styled_comparison(table: pd.DataFrame) -> Styler:
+    """`comparison_table` for a report: accuracies as percentages, everything escaped."""
+    percentages = {column: "{:.2%}" for column in ("final valid acc", "best valid acc") if column in table}
+    return escaped(table.style, percentages, precision=4, na_rep="")
+
+
+def styled_per_class(frame: pd.DataFrame) -> Styler:
+    """`per_class_accuracy` for a report: percentages shaded per class, everything escaped."""
+    return escaped(frame.style, "{:.2%}").background_gradient(axis=1, cmap="Greens")

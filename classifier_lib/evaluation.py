@@ -66,6 +66,12 @@ class Evaluation:
                 "errors": int((self.predictions != self.labels).sum()), "split": self.split,
                 "checkpoint_chosen_on": self.chosen_on, "caveat": self.caveat}
 
+    def record(self, checkpoint: str | Path) -> dict:
+        """What a run keeps as `evaluation.json` (read by the report index): the summary, the checkpoint
+        and the per-class report."""
+        return self.summary() | {"checkpoint": str(checkpoint),
+                                 "per_class": self.report().round(4).to_dict(orient="index")}
+
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path | None = None, split: str = "valid",
                         device: str = "auto") -> Evaluation:

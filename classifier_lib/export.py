@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -29,12 +28,14 @@ from .augment import model_input
 from .checkpoint import CheckpointError, LoadedModel, check_class_names, load_model, read_checkpoint
 from .config import Config, ConfigError
 from .data import load_held_out
+from .fileio import atomic_write
 from .folders import DataLayoutError
 from .inference import ClassifierBase
 
 PARITY_TOLERANCE = 1e-4  # max |difference| of any class probability, fp32
-PREPROCESSING = ("RGB (EXIF orientation applied, alpha over white), shorter side resized to {size} px "
-                 "with bilinear filtering, centre-cropped to {size}x{size} (classifier_lib.images.load_image)")
+PREPROCESSING = ("JPEGs decoded with Pillow's draft mode (reduced DCT scale, still at least {size} px); EXIF orientation "
+                 "applied; 16-bit greyscale scaled from 0..65535; alpha laid over white; RGB; shorter side resized to "
+                 "{size} px with bilinear filtering, centre-cropped to {size}x{size} (classifier_lib.images.load_image)")
 FORMATS = ("onnx", "torchscript")
 
 
@@ -69,6 +70,17 @@ class ExportReport:
     images: int  # how many images the parity check used
     max_abs_diff: float
     labels_identical: bool
+    notes: list[str] = dataclasses.field(default_factory=list)  # how the file predicts otherwise than `predict`
+
+
+def fidelity_notes(loaded: LoadedModel) -> list[str]:
+    """Where an exported file's predictions can differ from the checkpoint's in `predict`, in words."""
+    notes = ["the file computes in fp32; `predict` on a checkpoint uses bf16 autocast on CPUs and GPUs that have it, "
+             "so a near-tie can get the other label (see the README for how often)"]
+    if loaded.config.data.tta_sizes > 1:
+        notes.append(f"multi-size TTA (data.tta_sizes {loaded.config.data.tta_sizes}) is not exported: the file "
+                     f"predicts at the test size {loaded.eval_size} px alone")
+    return notes
 
 
 def metadata(loaded: LoadedModel, uint8_input: bool) -> dict[str, str]:
@@ -86,6 +98,7 @@ def metadata(loaded: LoadedModel, uint8_input: bool) -> dict[str, str]:
         "eval_size": str(loaded.eval_size),
         "tta": "flip" if data.flip_tta else "none",
         "not_exported": "multi-size TTA (data.tta_sizes 3)" if data.tta_sizes > 1 else "",
+        "precision": "fp32",
         "classifier_lib_version": __version__,
         "config": json.dumps(loaded.config.to_dict()),
     }
@@ -108,23 +121,19 @@ def export(checkpoint: str | Path, output: str | Path, fmt: str = "onnx", images
     with torch.no_grad():
         expected = deployed(inputs)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
+    with tempfile.TemporaryDirectory() as scratch:  # the exporters write to a path; checked, then copied into place
+        tmp = Path(scratch) / output.name
         info = metadata(loaded, uint8_input)
-        (_write_onnx if fmt == "onnx" else _write_torchscript)(deployed, inputs[:2], Path(tmp), info)
+        (_write_onnx if fmt == "onnx" else _write_torchscript)(deployed, inputs[:2], tmp, info)
         got = (OnnxPredictor(tmp) if fmt == "onnx" else _TorchScriptRunner(tmp)).run(inputs)
         report = ExportReport(output, len(images), float((got - expected).abs().max()),
-                              bool(torch.equal(got.argmax(1), expected.argmax(1))))
+                              bool(torch.equal(got.argmax(1), expected.argmax(1))), fidelity_notes(loaded))
         if report.max_abs_diff > PARITY_TOLERANCE or not report.labels_identical:
             raise ExportError(
                 f"the {fmt} export does not match PyTorch: max |dp| {report.max_abs_diff:.2e} "
                 f"(limit {PARITY_TOLERANCE:.0e}), labels identical: {report.labels_identical}; nothing written"
             )
-        os.replace(tmp, output)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        atomic_write(output, tmp.read_bytes())
     return report
 
 

@@ -64,6 +64,17 @@ def find_splits(data_dir: str | Path) -> Splits:
     return Splits(root, train, valid, _first_existing(root, TEST_NAMES), class_names)
 
 
+def test_folder(data_dir: str | Path, test_dir: str | Path = "") -> Path | None:
+    """The unlabelled images to submit predictions for: `test_dir` when given (it must exist), else the
+    data folder's Test/ folder, else None (most data sets have none: nothing to submit)."""
+    if test_dir:
+        folder = Path(test_dir).expanduser()
+        if not folder.is_dir():
+            raise DataLayoutError(f"test folder {folder} does not exist")
+        return folder
+    return find_splits(data_dir).test
+
+
 def class_folders(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 

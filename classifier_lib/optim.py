@@ -6,7 +6,7 @@ import warnings
 import torch
 from torch import nn
 
-from .config import Config, ConfigError
+from .config import MOMENTUM_DIP, Config, ConfigError
 
 
 def base_lr(group: dict, config: Config) -> float:
@@ -27,7 +27,7 @@ def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=True)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train.lr)
+        return torch.optim.AdamW(groups, lr=train.lr, betas=(train.momentum, 0.999))
     raise ConfigError(f"optimizer must be sgd or adamw; got {train.optimizer!r}")
 
 
@@ -38,7 +38,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_e
     if train.scheduler == "onecycle":
         peaks = [base_lr(group, config) for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(  # it needs at least one step in each phase
-            optimizer, max_lr=peaks, total_steps=max(total, 8), pct_start=0.25, div_factor=20, final_div_factor=200
+            optimizer, max_lr=peaks, total_steps=max(total, 8), pct_start=0.25, div_factor=20, final_div_factor=200,
+            # momentum (AdamW's beta1) cycles inversely to the rate: train.momentum at both ends, MOMENTUM_DIP lower at the peak
+            max_momentum=train.momentum, base_momentum=train.momentum - MOMENTUM_DIP,
         )
     if train.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)

@@ -18,7 +18,8 @@ from nbconvert import HTMLExporter
 from tqdm.auto import tqdm
 
 from .compare import load_run
-from .config import Config, ConfigError
+from .config import ConfigError
+from .presets import NAMED_SETTINGS, run_config
 from .progress import progress_bar_wanted
 from .report_index import COMPARE_DIR, write_index
 from .fileio import atomic_write, read_json, write_json
@@ -60,10 +61,11 @@ def check_parameters(parameters: dict[str, Any], notebooks: list[Path]) -> None:
     overrides = parameters.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise PipelineError(f"overrides must be a mapping of config keys to values, got {overrides!r}")
-    try:
-        Config().override(overrides).validate()
+    try:  # the config notebook 02 will build, from the chosen preset
+        run_config(parameters.get("preset"), None, overrides,
+                   **{name: value for name, value in parameters.items() if name in NAMED_SETTINGS}).validate()
     except ConfigError as error:
-        raise PipelineError(f"overrides: {error}") from None
+        raise PipelineError(f"parameters: {error}") from None
 
 
 def select_steps(only: list[str] | None = None, start_from: str | None = None) -> list[str]:

@@ -28,3 +28,26 @@ def preset_config(name: str = "default") -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return Config().override(PRESETS[name])
+
+
+# notebook parameters (and run_pipeline.py -p names) that set one config field each
+NAMED_SETTINGS = {
+    "epochs": "train.epochs", "image_size": "data.image_size", "eval_size": "data.eval_size",
+    "train_on_all": "data.train_on_all", "batch_size": "data.batch_size", "lr": "train.lr", "subset": "data.subset",
+    "augment": "data.augment", "precision": "train.precision", "seed": "system.seed",
+}
+
+
+def run_config(preset: str | None = "default", config_file: str | None = None, overrides: dict[str, Any] | None = None,
+               data_dir: str | None = None, **named: Any) -> Config:
+    """The one way a run's config is built, by the command line, every notebook and the pipeline's check:
+    a preset (or a saved config.json instead), then `overrides` (`section.field` or bare names), then the
+    named settings (`epochs=...`, see NAMED_SETTINGS; None keeps the value), then the data folder."""
+    unknown = sorted(set(named) - set(NAMED_SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}; named settings are {sorted(NAMED_SETTINGS)}")
+    config = Config.load(config_file) if config_file else preset_config(preset or "default")
+    changes = dict(overrides or {}) | {NAMED_SETTINGS[name]: value for name, value in named.items() if value is not None}
+    if data_dir:
+        changes["data.data_dir"] = str(data_dir)
+    return config.override(changes)

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from PIL import Image
 from conftest import tiny_config
 
 from classifier_lib import cli, export
@@ -73,6 +74,7 @@ def test_cli_export_then_submit_with_onnxruntime_gives_the_same_csv(trained_run,
     assert cli.main(["export", str(result.last_checkpoint), "-o", str(model)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"parity on 18 validation images of .*Valid: max \|dp\| \S+, labels identical: True", out)
+    assert "note: the file computes in fp32" in out and "multi-size TTA" not in out
     assert cli.main(["submit", str(model), str(data / "Test"), "--backend", "onnxruntime",
                      "-o", str(tmp_path / "onnx.csv")]) == 0
     assert cli.main(["submit", str(result.last_checkpoint), str(data / "Test"), "-o", str(tmp_path / "torch.csv")]) == 0
@@ -97,14 +99,35 @@ def test_the_readme_example_runs_without_this_package(trained_run, tmp_path):
     model = export.export(result.last_checkpoint, tmp_path / "model.onnx").path
     example = re.search(r"```python\n(import json\nimport numpy as np\nimport onnxruntime.*?)```", README.read_text(),
                         re.S).group(1)
-    image = next((data / "Valid" / "panda").iterdir())
-    script = example.replace('"model.onnx"', repr(str(model))).replace('"photo.jpg"', repr(str(image)))
-    assert "classifier_lib" not in script
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                               cwd=tmp_path)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    label, confidence = completed.stdout.split()
-    expected = export.OnnxPredictor(model).predict(image)
-    assert label == expected.label == "panda"
-    assert float(confidence) == pytest.approx(expected.confidence, abs=1e-4)
-    assert np.isfinite(float(confidence))
+    photo = next((data / "Valid" / "panda").iterdir())
+    transparent = tmp_path / "transparent.png"  # a panda-blue square on a transparent canvas
+    canvas = np.zeros((40, 40, 4), dtype=np.uint8)
+    canvas[8:32, 8:32] = (60, 60, 200, 255)
+    Image.fromarray(canvas, "RGBA").save(transparent)
+    deep = tmp_path / "sixteen_bit.png"
+    Image.fromarray((np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)).save(deep)
+    assert Image.open(deep).mode.startswith("I;16")
+    predictor = export.OnnxPredictor(model)
+    for image in (photo, transparent, deep):
+        script = example.replace('"model.onnx"', repr(str(model))).replace('"photo.jpg"', repr(str(image)))
+        assert "classifier_lib" not in script
+        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                                   cwd=tmp_path)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        label, confidence = completed.stdout.split()
+        expected = predictor.predict(image)
+        assert label == expected.label, image.name
+        assert float(confidence) == pytest.approx(expected.confidence, abs=1e-6), image.name
+    assert predictor.predict(photo).label == "panda"
+
+
+def test_export_says_what_it_leaves_out(tiny_data, tmp_path, capsys):
+    """Multi-size TTA is not in the file: the command says so, and the metadata names the decoding."""
+    run = train(tiny_config(tiny_data, **{"data.tta_sizes": 3, "data.eval_size": 48, "train.epochs": 1}),
+                runs_root=tmp_path / "runs")
+    model = tmp_path / "model.onnx"
+    assert cli.main(["export", str(run.last_checkpoint), "-o", str(model)]) == 0
+    assert "note: multi-size TTA (data.tta_sizes 3) is not exported" in capsys.readouterr().out
+    meta = onnxruntime.InferenceSession(str(model)).get_modelmeta().custom_metadata_map
+    assert "draft" in meta["preprocessing"] and "alpha laid over white" in meta["preprocessing"]
+    assert meta["precision"] == "fp32"

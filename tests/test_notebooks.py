@@ -248,7 +248,7 @@ def test_report_index_escapes_run_names(tmp_path):
 
 
 def test_overrides_reach_the_training_notebook_and_unknown_keys_are_refused(tmp_path):
-    with pytest.raises(PipelineError, match=r"overrides: unknown config key 'train.ema_decy'"):
+    with pytest.raises(PipelineError, match=r"parameters: unknown config key 'train.ema_decy'"):
         check_parameters({"overrides": {"train.ema_decy": 0}}, [p for p in NOTEBOOKS if p.stem in PIPELINE])
     with pytest.raises(PipelineError, match="train.epochs must be at least 1"):
         check_parameters({"overrides": {"train.epochs": 0}}, [p for p in NOTEBOOKS if p.stem in PIPELINE])
