@@ -75,12 +75,13 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
     if main:
         run_dir = Path(run_dir) if run_dir else _run_dir_for(config.train.resume, runs_root)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
     run_dir = Path(distributed.broadcast(str(run_dir) if main else None))
     trainer = Trainer(config, data, run_dir, device)
-    if resume_state is not None:
+    if resume_state is not None:  # refused before anything of the run is touched when it would change the run
         trainer.load_state(resume_state, config.train.resume)
         _log(f"resumed from {config.train.resume} after epoch {trainer.epoch}")
+    if main:
+        config.save(run_dir / "config.json")
     _log(f"run folder: {run_dir}")
     _log(f"model: {count_parameters(trainer.model) / 1e6:.2f} M parameters, "
          f"{trainer.flops_per_image / 1e9:.3f} GFLOPs per {config.data.image_size}x{config.data.image_size} image")

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import time
@@ -8,7 +9,9 @@ import pytest
 import torch
 from conftest import make_dataset, make_image
 
+import classifier_lib.cache as cache_module
 from classifier_lib.cache import clear_cache
+from classifier_lib.config import ConfigError
 from classifier_lib.config import DataConfig
 from classifier_lib.data import channel_stats, held_out_split, load_data, load_held_out, load_split
 from classifier_lib.folders import DataLayoutError, FlatImageDataset, find_splits
@@ -156,6 +159,72 @@ def test_a_failed_cache_save_leaves_no_temporary_file(tiny_data, tmp_path, monke
     splits = find_splits(tiny_data)
     assert len(load_split(splits.train, splits.class_names, 16).data) == 36  # decoded in memory instead
     assert list((tmp_path / "cache").iterdir()) == []  # no half-written or temporary file
+
+
+def test_the_cache_reserves_its_blocks_before_writing_pixels(tmp_path, monkeypatch):
+    """A memory-mapped write into a sparse file on a full disk is SIGBUS, not an exception: every block
+    is allocated before the decoders write, so a full disk fails as an OSError before any pixel."""
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    seen = {}
+
+    def decode(out):
+        tmp = next((tmp_path / "cache").glob("images_*.tmp*.npy"))
+        seen["allocated"] = tmp.stat().st_blocks * 512
+        out[:] = 7
+        return "decoded"
+
+    entry = tmp_path / "cache" / "images_test"
+    assert cache_module.decode_into_cache(entry, 64, 32, decode) == "decoded"
+    assert seen["allocated"] >= 64 * 3 * 32 * 32  # a sparse file holds (almost) no blocks
+    assert np.load(entry.with_suffix(".npy")).min() == 7
+
+
+def test_a_full_disk_at_reservation_decodes_in_memory_and_leaves_nothing(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module.os, "posix_fallocate", no_space)
+    splits = find_splits(tiny_data)
+    assert len(load_split(splits.train, splits.class_names, 16).data) == 36
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_stale_temporary_files_of_dead_decoders_are_removed(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "cache" / f"images_0123.tmp{int(dead.stdout)}.npy"
+    running = tmp_path / "cache" / f"images_4567.tmp{os.getpid()}.npy"  # a decoder still at work
+    for path in (stale, running):
+        path.write_bytes(b"\0" * 4096)
+    splits = find_splits(tiny_data)
+    load_split(splits.train, splits.class_names, 16)
+    assert not stale.exists() and running.exists()
+
+
+def test_the_cache_keeps_under_its_cap_dropping_the_least_recently_used(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    splits = find_splits(tiny_data)
+    entry_bytes = 36 * 3 * 16 * 16 + 128  # the train split at 16 px, with the .npy header
+    monkeypatch.setenv("CLASSIFIER_CACHE_MAX_GB", str(2.5 * entry_bytes / 2**30))  # room for two entries
+
+    def entries():
+        return {p.stem for p in (tmp_path / "cache").glob("images_*.json")}
+
+    first = load_split(splits.train, splits.class_names, 16)
+    a = entries()
+    load_split(splits.train, splits.class_names, 17)
+    b = entries() - a
+    time.sleep(0.01)
+    load_split(splits.train, splits.class_names, 16)  # a cache hit: a is now the most recently used
+    load_split(splits.train, splits.class_names, 15)
+    assert a <= entries() and not b & entries() and len(entries()) == 2  # b, least recently used, went
+    assert torch.equal(load_split(splits.train, splits.class_names, 16).data.images, first.data.images)
+    monkeypatch.setenv("CLASSIFIER_CACHE_MAX_GB", "lots")
+    with pytest.raises(ConfigError, match="CLASSIFIER_CACHE_MAX_GB"):
+        load_split(splits.train, splits.class_names, 14)
 
 
 def test_the_cache_is_a_memory_mapped_array_and_an_incomplete_entry_is_rebuilt(tiny_data, tmp_path, monkeypatch):

@@ -1,10 +1,10 @@
 import json
+import multiprocessing
 import shutil
-import threading
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import make_dataset, make_image, tiny_config
 
 from classifier_lib.augment import Mixer, model_input, train_size
 from classifier_lib.checkpoint import load_model, read_checkpoint
@@ -88,10 +88,41 @@ def test_resume_with_fewer_epochs_than_done_is_refused(trained_run, tmp_path):
 
 def test_resume_of_a_finished_run_with_the_same_epochs_does_nothing(trained_run, tmp_path):
     result, _ = trained_run
-    last = result.run_dir / "checkpoints" / "last.pt"
+    run = shutil.copytree(result.run_dir, tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
     config = Config.from_dict(read_checkpoint(last)["config"]).override({"train.resume": str(last)})
-    again = train(config, run_dir=tmp_path / "copy")
-    assert len(again.history) == 3  # nothing left to do: the history is restored, not retrained
+    again = train(config)
+    assert again.run_dir == run and again.history == result.history  # restored, not retrained
+    assert last.read_bytes() == before  # no epoch ran: the weights and the file are as they were
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+
+
+def _resume(checkpoint, **changes):
+    return Config.from_dict(read_checkpoint(checkpoint)["config"]).override({"train.resume": str(checkpoint)} | changes)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"system.seed": 1}, "system.seed"),  # a new seed: another held-out split without a Valid folder
+    ({"data.batch_size": 4}, "steps per epoch"),  # OneCycle's total steps would no longer fit (a traceback before)
+    ({"data.val_fraction": 0.3}, "data.val_fraction"),
+])
+def test_resume_refuses_what_would_redefine_the_run(trained_run, tmp_path, changes, field):
+    result, _ = trained_run
+    run = shutil.copytree(result.run_dir, tmp_path / "run")
+    config_before = (run / "config.json").read_text()
+    with pytest.raises(ConfigError, match=f"cannot be resumed with other {field} "):
+        train(_resume(run / "checkpoints" / "last.pt", **changes, **{"train.epochs": 5}))
+    assert (run / "config.json").read_text() == config_before  # the refused resume changed nothing
+
+
+def test_resume_refuses_a_data_folder_that_changed(tmp_path):
+    """Without Valid/, a file added to Train changes what trained: the resumed run would not be the same run."""
+    data = make_dataset(tmp_path / "data", per_class=(10, 0), valid=False)
+    first = train(tiny_config(data), runs_root=tmp_path / "runs")
+    make_image(data / "Train" / "cat" / "added.png", (200, 60, 60), seed=77)
+    with pytest.raises(ConfigError, match="other training files"):
+        train(_resume(first.last_checkpoint, **{"train.epochs": 4}))
 
 
 @pytest.mark.parametrize("epochs", [0, -1])
@@ -232,19 +263,22 @@ def test_schedulers(name):
         assert lrs[-1] < 0.01
 
 
+def _new_run_dir_after(barrier, root, queue):
+    barrier.wait()
+    queue.put(str(new_run_dir(root)))
+
+
 def test_concurrent_runs_get_different_folders(tmp_path):
-    folders, barrier = [], threading.Barrier(8)
-
-    def make():
-        barrier.wait()
-        folders.append(new_run_dir(tmp_path))
-
-    threads = [threading.Thread(target=make) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(set(folders)) == 8
+    """Eight processes (as two notebooks or shells would be) asking for a run folder at the same moment."""
+    context = multiprocessing.get_context("fork")
+    barrier, queue = context.Barrier(8), context.Queue()
+    processes = [context.Process(target=_new_run_dir_after, args=(barrier, tmp_path, queue)) for _ in range(8)]
+    for process in processes:
+        process.start()
+    folders = [queue.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert len(set(folders)) == 8 and all(process.exitcode == 0 for process in processes)
 
 
 def test_best_checkpoint_is_self_describing(trained_run):

@@ -1,7 +1,9 @@
 """Sweeps (one pipeline run per combination, resumable) and the run comparison page, on tiny generated data."""
 from __future__ import annotations
 
+import fcntl
 import json
+from pathlib import Path
 
 import pytest
 from conftest import make_dataset
@@ -57,7 +59,9 @@ def test_sweep_runs_each_combination_resumes_after_a_failure_and_compares(tmp_pa
     real_run_pipeline = sweep_module.run_pipeline
 
     def fails_for_the_second(data_dir, parameters, run_dir, steps, **kwargs):
-        if parameters["overrides"]["train.ema_decay"] == 0.9:
+        if parameters["overrides"]["train.ema_decay"] == 0.9:  # after writing part of the run, as a crash would
+            (Path(run_dir) / "checkpoints").mkdir(parents=True)
+            (Path(run_dir) / "checkpoints" / "best.pt").write_text("from the failed attempt")
             raise PipelineError("injected failure")
         return real_run_pipeline(data_dir, parameters, run_dir, steps, **kwargs)
 
@@ -72,7 +76,11 @@ def test_sweep_runs_each_combination_resumes_after_a_failure_and_compares(tmp_pa
     page = run_sweep(data, axes, base, name="ema", runs_root=runs, reports_root=reports, steps=TRAINING)
     record = json.loads((runs / "sweeps" / "ema.json").read_text())
     assert [entry["status"] for entry in record["runs"]] == ["done", "done"]
-    assert sorted(p.name for p in runs.glob("version_*")) == ["version_0", "version_1"]  # the failed one re-ran in place
+    # the failed attempt was set aside whole and retried in a fresh folder: one folder never mixes two attempts
+    assert sorted(p.name for p in runs.glob("version_*")) == ["version_0", "version_1"]
+    assert (runs / "failed" / "version_1.attempt1" / "checkpoints" / "best.pt").read_text() == "from the failed attempt"
+    assert (runs / "version_1" / "checkpoints" / "best.pt").read_bytes() != b"from the failed attempt"
+    assert record["runs"][1]["set_aside"] == [str((runs / "failed" / "version_1.attempt1").resolve())]
     assert (runs / "version_0" / "pipeline.json").read_text() == first_run_invocations  # the done one did not re-run
     for run, decay in (("version_0", 0.0), ("version_1", 0.9)):
         record = load_run(runs / run)
@@ -85,8 +93,29 @@ def test_sweep_runs_each_combination_resumes_after_a_failure_and_compares(tmp_pa
     assert "Accuracy per class" in html and "Where the runs disagree" in html
     index = (reports / "index.html").read_text()
     assert 'href="compare/ema.html"' in index and "train.ema_decay=0.9" in index
-    with pytest.raises(PipelineError, match="exists with other settings"):
+    with pytest.raises(PipelineError, match="exists with other axes"):
         run_sweep(data, {"train.ema_decay": [0.5]}, base, name="ema", runs_root=runs, reports_root=reports)
+    other_data = make_dataset(tmp_path / "other", per_class=(8, 4), test=3)
+    with pytest.raises(PipelineError, match="exists with other data_dir"):  # it reported A's runs as done
+        run_sweep(other_data, axes, base, name="ema", runs_root=runs, reports_root=reports, steps=TRAINING)
+
+
+def test_the_default_sweep_name_covers_everything_that_defines_the_runs():
+    axes = {"lr": [0.1, 0.2]}
+    settings = {"data_dir": "/data/a", "parameters": {"epochs": 2}, "quick": False, "steps": ["02_training"]}
+    names = {default_name(axes, settings)} | {default_name(axes, settings | {key: value}) for key, value in (
+        ("data_dir", "/data/b"), ("parameters", {"epochs": 3}), ("parameters", {"preset": "fast"}), ("quick", True))}
+    assert len(names) == 5 and all(name.startswith("lr-") for name in names)
+
+
+def test_a_sweep_that_is_running_is_not_run_twice(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "sweeps").mkdir(parents=True)
+    with open(runs / "sweeps" / "ema.lock", "a+") as held:  # what the first command holds while it runs
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(PipelineError, match="running in another process"):
+            run_sweep(tmp_path / "data", {"train.ema_decay": [0.0]}, name="ema", runs_root=runs, steps=TRAINING)
+    assert not (runs / "sweeps" / "ema.json").exists()
 
 
 def test_compare_any_runs_from_the_command_line(tiny_data, tmp_path, capsys):
