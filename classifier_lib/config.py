@@ -181,6 +181,9 @@ class Config:
              f"train.monitor must be valid_loss or valid_acc, got {train.monitor!r}"),
             (not self.model.whiten_stem or self.model.widths[0] % 2 == 0,
              f"model.whiten_stem needs an even first width (filters and their negations), got {self.model.widths[0]}"),
+            (not (train.sync_bn and train.recalibrate_bn and not train.ema_decay),
+             "train.recalibrate_bn with train.sync_bn needs the EMA (train.ema_decay > 0): rank 0 alone recalibrates, "
+             "and SyncBatchNorm would wait for the other ranks"),
             (train.tensorboard_every >= 0, f"train.tensorboard_every must be 0 (off) or positive, got {train.tensorboard_every}"),
         ]
         problems = [message for ok, message in checks if not ok]

@@ -316,3 +316,43 @@ def test_a_checkpoint_from_before_test_sizes_tests_at_its_training_size(trained_
     old = tmp_path / "old.pt"
     torch.save(state, old)
     assert load_model(old).eval_size == 32 and load_model(old).config.data.test_size == 32
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_onecycle_honours_the_configured_momentum(optimizer):
+    """OneCycleLR cycles momentum 0.95 -> 0.85 by default, overriding the optimiser's: train.momentum was ignored."""
+    config = Config().override({"train.momentum": 0.8, "train.optimizer": optimizer, "train.epochs": 4})
+    optimizer_ = make_optimizer(ResNet(3, ModelConfig(widths=(8, 16), blocks=(1, 1))), config)
+    scheduler = make_scheduler(optimizer_, config, steps_per_epoch=10)
+    key = "momentum" if optimizer == "sgd" else "betas"
+
+    def momentum():
+        value = optimizer_.param_groups[0][key]
+        return value if optimizer == "sgd" else value[0]
+
+    seen = [momentum()]
+    for _ in range(39):
+        optimizer_.step()
+        scheduler.step()
+        seen.append(momentum())
+    assert seen[0] == pytest.approx(0.8) and min(seen) == pytest.approx(0.7) and seen[-1] == pytest.approx(0.8, abs=1e-3)
+    with pytest.raises(ConfigError, match="train.momentum"):
+        Config().override({"train.momentum": 0.05}).validate()
+
+
+def test_the_average_is_copied_before_syncbatchnorm_replaces_batchnorm(tiny_data, monkeypatch):
+    """Under torchrun with train.sync_bn, rank 0 alone validates and recalibrates the EMA: a SyncBatchNorm
+    in it would wait for the other ranks forever in BatchNorm recalibration (a hang)."""
+    from torch import nn
+
+    import classifier_lib.trainer as trainer_module
+    from classifier_lib.data import load_data
+
+    config = tiny_config(tiny_data, **{"train.sync_bn": True, "train.ema_decay": 0.9})
+    monkeypatch.setattr(trainer_module.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(trainer_module.Trainer, "_distributed",  # what DDP does to the model, without a process group
+                        lambda self, model: setattr(self, "model", nn.SyncBatchNorm.convert_sync_batchnorm(model))
+                        or self.model)
+    trainer = trainer_module.Trainer(config, load_data(config.data), tiny_data, torch.device("cpu"))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in trainer.model.modules())
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in trainer.evaluated_model.modules())

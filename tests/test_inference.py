@@ -288,3 +288,50 @@ def test_an_ensemble_that_trained_on_validation_images_says_so(tmp_path, second,
     assert cli.main(["evaluate", str(tmp_path / "ensemble.pt")]) == 0
     note = capsys.readouterr().out
     assert "note:" in note and "this is not a score" in note
+
+
+def test_every_cell_of_a_submission_is_guarded_unless_asked_not_to(tmp_path):
+    """A class named like a formula reached the label column and the probability header unguarded; ids
+    that a grader compares can be written exactly."""
+    from classifier_lib.inference import FolderPredictions
+
+    formula = "=HYPERLINK(\"http://x\")"
+    predictions = FolderPredictions(["-1.jpg", "a.jpg"], torch.tensor([[0.9, 0.1], [0.2, 0.8]]), [formula, "cat"], [])
+    guarded, probs = write_submission(predictions, tmp_path / "guarded.csv")
+    rows = list(csv.reader(guarded.open()))
+    assert rows == [["id", "label"], ["'-1.jpg", "'" + formula], ["a.jpg", "cat"]]
+    assert next(csv.reader(probs.open())) == ["id", "'" + formula, "cat"]
+    exact, _ = write_submission(predictions, tmp_path / "exact.csv", formula_guard=False)
+    assert list(csv.reader(exact.open()))[1] == ["-1.jpg", formula]
+
+
+@pytest.mark.parametrize("names", [["../../x", "cat"], ["/tmp/x", "cat"], ["cat", "cat"], ["", "cat"], [".", "cat"]])
+def test_class_names_that_cannot_be_folders_are_refused_when_a_checkpoint_is_read(trained_run, tmp_path, names, capsys):
+    """Pseudo-labelling writes OUT/<class>/: a crafted `../../x` would have written outside OUT."""
+    result, data_dir = trained_run
+    state = torch.load(result.last_checkpoint, weights_only=True)
+    state["class_names"] = names + ["panda"]
+    crafted = tmp_path / "crafted.pt"
+    torch.save(state, crafted)
+    with pytest.raises(CheckpointError, match="class"):
+        Predictor(crafted)
+    assert cli.main(["pseudo-label", str(crafted), str(data_dir / "Test"), "-o", str(tmp_path / "out")]) == 2
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_evaluation_says_when_the_rebuilt_split_is_not_the_one_training_held_out(tmp_path, capsys):
+    """Files added to Train after training: the rebuilt held-out split (stable per file) gains some of them,
+    and the evaluation no longer matches the recorded validation files: it says so instead of a silent score."""
+    from conftest import make_dataset, tiny_config
+
+    from classifier_lib.engine import train
+
+    data = make_dataset(tmp_path / "data", per_class=(10, 0), valid=False)
+    last = train(tiny_config(data, **{"train.epochs": 1}), runs_root=tmp_path / "runs").last_checkpoint
+    assert evaluate_checkpoint(last).caveat == ""
+    for i in range(30):
+        make_image(data / "Train" / "cat" / f"later_{i}.png", COLOURS["cat"], seed=500 + i)
+    evaluation = evaluate_checkpoint(last)
+    recorded = torch.load(last, weights_only=True)["data_split"]["valid_files"]
+    assert len(evaluation.labels) > recorded
+    assert f"not the {recorded} that training validated on" in evaluation.caveat

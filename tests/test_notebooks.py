@@ -9,9 +9,11 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import torch
 from browser import browser_page
 from conftest import REAL_DATA, make_dataset, needs_real_data
 
+from classifier_lib.inference import Predictor
 from classifier_lib.pipeline import PIPELINE, LineEcho, PipelineError, check_parameters, run_pipeline, select_steps
 from classifier_lib.widgets import ImageTester
 
@@ -117,20 +119,31 @@ def test_notebook_output_is_echoed_line_by_line_without_bar_redraws(capsys):
     assert capsys.readouterr().out.splitlines() == ["  epoch   1/2  train loss 0.9", "  epoch   2/2  train loss 0.8"]
 
 
-def test_fast_pipeline_on_a_generated_folder_without_valid(tmp_path, capsys):
-    """The whole pipeline on tiny generated data with no Valid folder: evaluation and activations use
-    the part of Train that training held out; a partial re-run really re-runs its steps."""
-    data = make_dataset(tmp_path / "data", per_class=(12, 0), valid=False)
+def test_fast_pipeline_on_a_generated_folder_without_valid_or_test(tmp_path, capsys):
+    """The whole pipeline on tiny generated data with Train/ alone, the most common layout: evaluation and
+    activations use the part of Train that training held out, the submission step says there is nothing
+    to submit (it failed the pipeline before), the data report decodes as training does (its preset and
+    overrides); a partial re-run really re-runs its steps."""
+    data = make_dataset(tmp_path / "data", per_class=(12, 0), valid=False, test=0)
+    assert not (data / "Test").exists()
     runs, reports = tmp_path / "runs", tmp_path / "reports"
-    run_dir = run_pipeline(data, {"epochs": 2, "image_size": 32}, runs_root=runs, reports_root=reports)
+    run_dir = run_pipeline(data, {"epochs": 2, "image_size": 32, "overrides": {"data.eval_size": 64}},
+                           runs_root=runs, reports_root=reports)
     assert "epoch   2/2  train loss" in capsys.readouterr().out  # training's lines shown as it runs
-    for name in PIPELINE:
+    for name in PIPELINE[:-1]:
         page = (reports / run_dir.name / f"{name}.html").read_text()
         assert "data:image/png;base64" in page and "Traceback" not in page, name
+    submission = (reports / run_dir.name / "05_submission.html").read_text()
+    assert "Nothing to submit" in submission and "Traceback" not in submission
+    assert not (run_dir / "submission.csv").exists()
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    assert evaluation["images"] == 6 and "held out" in evaluation["split"]  # round(20 % of 12) = 2 per class
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert evaluation["images"] == metrics["valid_images"] == metrics["data_split"]["valid_files"]
+    assert "held out" in evaluation["split"] and not evaluation["caveat"]
     assert "held out" in (reports / run_dir.name / "04_activations.html").read_text()
-    assert len((run_dir / "submission.csv").read_text().splitlines()) == 1 + 6
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    stats = json.loads((run_dir / "data_stats.json").read_text())
+    assert checkpoint["image_size"] == 64 and stats["mean"] == checkpoint["mean"]  # decoded alike (at 48 px before)
 
     checkpoint = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
     report = reports / run_dir.name / "03_evaluation.html"
@@ -229,9 +242,11 @@ def test_image_tester_escapes_names_from_a_crafted_checkpoint(trained_run, tmp_p
     torch.save(state, crafted)
     tester = ImageTester(runs_root=tmp_path / "runs")
     assert evil not in tester.result.value and "&lt;img src=x onerror=alert(1)&gt;" in tester.result.value
-    tester.show(next((data_dir / "Valid" / "cat").iterdir()))
-    assert "<img" not in tester.result.value
-    assert tester.last_prediction.label != evil or "&lt;img" in tester.result.value
+    original = Predictor(result.last_checkpoint)
+    cat = next(p for p in sorted((data_dir / "Valid" / "cat").iterdir()) if original.predict(p).label == "cat")
+    tester.show(cat)  # predicted as class 0, which the crafted file names with markup
+    assert tester.last_prediction.label == evil
+    assert "<img" not in tester.result.value and "&lt;img src=x onerror=alert(1)&gt;" in tester.result.value
 
 
 def test_report_index_escapes_run_names(tmp_path):

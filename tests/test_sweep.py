@@ -135,3 +135,20 @@ def test_compare_any_runs_from_the_command_line(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     assert run_pipeline.main(["--compare", str(tmp_path / "nowhere")]) == 1
     assert "is not a training run folder" in capsys.readouterr().err
+
+
+def test_the_comparison_page_escapes_class_and_setting_names(tmp_path):
+    """pandas' Styler writes cells and labels as markup: a class folder named like an HTML tag ran in the page."""
+    from conftest import tiny_config
+
+    from classifier_lib.engine import train
+    from classifier_lib.pipeline import compare_runs
+
+    evil = "<img src=x onerror=alert(1)>"
+    data = make_dataset(tmp_path / "data", per_class=(8, 4), test=0, classes={"cat": (200, 60, 60), evil: (60, 60, 200)})
+    runs = [train(tiny_config(data, **{"train.lr": lr, "train.epochs": 1}), runs_root=tmp_path / "runs").run_dir
+            for lr in (0.05, 0.1)]
+    html = compare_runs(runs, "evil", tmp_path / "runs", tmp_path / "reports").read_text()
+    assert "Accuracy per class" in html and "Traceback" not in html
+    # nbconvert re-serialises markup (`<img alt=... onerror="alert(1)" src="x"/>`): look for the live attribute
+    assert 'onerror="alert(1)"' not in html and evil not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
