@@ -3,6 +3,7 @@ over a nested test folder, at several data set sizes, with each phase's peak mem
 
     python bench/scale.py                       # 10,000 and 50,000 images at 64 px
     python bench/scale.py --sizes 2000 --image-size 48
+    python bench/scale.py --sizes 10000 --no-valid     # Train/ alone: the held-out split is rows of the cache
 
 For each size N it writes N synthetic 160x120 JPEGs (Train/ and Valid/ of three classes, 80 / 20 %,
 in a temporary folder; a nested Test/ of N more, hard links to the same files), then runs each phase
@@ -43,11 +44,12 @@ def write_jpeg(job: tuple[Path, int]) -> None:
     Image.fromarray(pixels).save(path, quality=85)
 
 
-def make_images(root: Path, count: int) -> None:
-    """count JPEGs in Train/ and Valid/ (80 / 20 %), and a nested Test/ of hard links to them."""
+def make_images(root: Path, count: int, valid: bool = True) -> None:
+    """count JPEGs in Train/ and Valid/ (80 / 20 %; all in Train/ without `valid`), and a nested Test/ of
+    hard links to them."""
     jobs = []
     for index in range(count):
-        split = "Valid" if index % 5 == 0 else "Train"
+        split = "Valid" if valid and index % 5 == 0 else "Train"
         folder = root / split / CLASSES[index % 3]
         jobs.append((folder / f"{index:06d}.jpg", index))
     for folder in {path.parent for path, _ in jobs}:
@@ -122,10 +124,10 @@ def run_phase(phase: str, root: Path, image_size: int) -> dict:
     return figures | watch.report()
 
 
-def measure(count: int, image_size: int, scratch: Path) -> dict[str, dict]:
+def measure(count: int, image_size: int, scratch: Path, valid: bool = True) -> dict[str, dict]:
     root = scratch / f"n{count}"
     start = time.perf_counter()
-    make_images(root, count)
+    make_images(root, count, valid)
     print(f"\n{count:,} images written in {time.perf_counter() - start:.0f} s", flush=True)
     env = os.environ | {"CLASSIFIER_CACHE_DIR": str(scratch / f"cache{count}"), "CLASSIFIER_NO_BARS": "1"}
     results = {}
@@ -147,15 +149,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--scratch", help="folder for the images and caches (default: a temporary one)")
+    parser.add_argument("--no-valid", action="store_true", help="Train/ alone: a held-out split of it validates")
     parser.add_argument("--phase", choices=["decode", "train", "submit"], help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(run_phase(args.phase, Path(args.root), args.image_size)))
         return
-    print(f"bf16 matmul peak of this machine: {matmul_peak() / 1e9:.0f} GFLOP/s; training at {args.image_size} px")
+    layout = "Train/ alone (held-out split)" if args.no_valid else "Train/ and Valid/"
+    print(f"bf16 matmul peak of this machine: {matmul_peak() / 1e9:.0f} GFLOP/s; training at {args.image_size} px; {layout}")
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        results = {count: measure(count, args.image_size, Path(scratch)) for count in args.sizes}
+        results = {count: measure(count, args.image_size, Path(scratch), not args.no_valid) for count in args.sizes}
     if len(results) > 1:
         small, large = min(results), max(results)
         print(f"\ntime ratio {large:,} / {small:,} images (linear would be {large / small:.1f}x):")

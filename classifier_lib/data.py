@@ -24,11 +24,78 @@ from .config import DataConfig
 from .folders import DataLayoutError, FlatImageDataset, Splits, find_splits, list_labelled
 
 
+class ImageRows:
+    """Rows of one or more uint8 N x 3 x S x S tensors (memory-mapped cache entries), gathered only when
+    indexed: a held-out split, a subset or Train + an extra folder without a copy of the pixels.
+
+    It reads like the tensor it stands for wherever the library uses one: `len`, indexing with an int, a
+    slice, a list or a tensor (a new tensor of those rows), `shape`, `dtype`, `nbytes`, `to(device)`.
+    """
+
+    def __init__(self, parts: list[torch.Tensor], part: torch.Tensor, row: torch.Tensor):
+        self.parts, self.part, self.row = parts, part, row  # row i is parts[part[i]][row[i]]
+
+    @classmethod
+    def of(cls, images: torch.Tensor | ImageRows) -> ImageRows:
+        if isinstance(images, ImageRows):
+            return images
+        return cls([images], torch.zeros(len(images), dtype=torch.long), torch.arange(len(images)))
+
+    def select(self, indices: torch.Tensor) -> ImageRows:
+        return ImageRows(self.parts, self.part[indices], self.row[indices])
+
+    def concat(self, other: ImageRows) -> ImageRows:
+        return ImageRows(self.parts + other.parts, torch.cat([self.part, other.part + len(self.parts)]),
+                         torch.cat([self.row, other.row]))
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, (int, np.integer)) or (torch.is_tensor(index) and index.ndim == 0):
+            return self.parts[int(self.part[index])][int(self.row[index])]
+        part, row = self.part[index], self.row[index]
+        out = torch.empty((len(row), *self.shape[1:]), dtype=self.dtype, device=self.device)
+        for number, images in enumerate(self.parts):
+            mine = part == number
+            if mine.any():
+                out[mine.to(out.device)] = images[row[mine].to(images.device)]
+        return out
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.parts[0].shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.parts[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.parts[0].is_cuda
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.parts[0][:1].nbytes
+
+    def numel(self) -> int:
+        return len(self) * self.parts[0][:1].numel()
+
+    def to(self, device: torch.device, chunk: int = 1024) -> torch.Tensor:
+        """The rows as one tensor on `device` (e.g. the whole split on a GPU it fits on)."""
+        return torch.cat([self[start : start + chunk].to(device) for start in range(0, len(self), chunk)])
+
+
 @dataclass
 class CachedImages(Dataset):
-    """Decoded images as one uint8 tensor. Indexing with a list of indices returns a whole batch."""
+    """Decoded images: one uint8 tensor, or `ImageRows` of cached tensors (no copy of their pixels).
+    Indexing with a list of indices returns a whole batch."""
 
-    images: torch.Tensor  # N x 3 x S x S, uint8
+    images: torch.Tensor | ImageRows  # N x 3 x S x S, uint8
     labels: torch.Tensor  # N, int64
     paths: list[str]  # absolute
 
@@ -39,16 +106,19 @@ class CachedImages(Dataset):
         return self.images[index], self.labels[index]
 
     def select(self, indices) -> CachedImages:
+        """Some of the images, as rows of the same tensors: the pixels are not copied."""
         indices = torch.as_tensor(indices, dtype=torch.long)
-        return CachedImages(self.images[indices], self.labels[indices], [self.paths[i] for i in indices])
+        return CachedImages(ImageRows.of(self.images).select(indices), self.labels[indices],
+                            [self.paths[i] for i in indices])
 
     def to(self, device: torch.device) -> CachedImages:
         """The same images and labels on `device` (e.g. the whole set on a GPU it fits on)."""
         return CachedImages(self.images.to(device), self.labels, self.paths)
 
     def concat(self, other: CachedImages) -> CachedImages:
-        return CachedImages(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
-                            self.paths + other.paths)
+        """Both sets of images, as rows of their tensors: the pixels are not copied."""
+        return CachedImages(ImageRows.of(self.images).concat(ImageRows.of(other.images)),
+                            torch.cat([self.labels, other.labels]), self.paths + other.paths)
 
 
 @dataclass

@@ -149,7 +149,7 @@ def parity_images(checkpoint: str | Path, data_dir: str | Path | None = None) ->
         if data_dir:
             raise
         return None, f"generated images (no data folder at {folder})"
-    return images.images, f"validation images of {source}"
+    return images.images[:], f"validation images of {source}"  # one tensor (rows of the cache are gathered)
 
 
 def _write_onnx(deployed: nn.Module, example: torch.Tensor, path: Path, info: dict[str, str]) -> None:

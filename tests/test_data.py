@@ -13,7 +13,7 @@ import classifier_lib.cache as cache_module
 from classifier_lib.cache import clear_cache
 from classifier_lib.config import ConfigError
 from classifier_lib.config import DataConfig
-from classifier_lib.data import channel_stats, held_out_split, load_data, load_held_out, load_split
+from classifier_lib.data import ImageRows, channel_stats, held_out_split, load_data, load_held_out, load_split
 from classifier_lib.folders import DataLayoutError, FlatImageDataset, find_splits
 
 
@@ -299,3 +299,27 @@ def test_test_folder_ids_are_built_once(monkeypatch):
     ids = [dataset.ids[i] for i in range(len(dataset))]
     assert len(calls) == 2_000  # a per-access rebuild would make 2,000 x 2,000
     assert ids[8] == "part1/img_8.jpg"
+
+
+@pytest.mark.parametrize("layout", ["no Valid folder", "subset", "extra folder", "train_on_all"])
+def test_derived_splits_are_rows_of_the_mapped_cache_not_copies(tmp_path, layout):
+    """A held-out split, a subset, Train + an extra folder and Train + Valid gather their rows from the
+    memory-mapped cache entries batch by batch: no split is copied into memory (once per rank under DDP)."""
+    root = make_dataset(tmp_path / "d", per_class=(10, 4), valid=layout != "no Valid folder")
+    options = {"subset": {"subset": 0.5}, "train_on_all": {"train_on_all": True}}.get(layout, {})
+    if layout == "extra folder":
+        make_image(tmp_path / "extra" / "dog" / "x.png", (60, 200, 60), seed=99)
+        options = {"extra_train_dir": str(tmp_path / "extra")}
+    data = load_data(DataConfig(data_dir=str(root), image_size=16, **options))
+    mapped = {id(part) for split in (data.train, data.valid) if isinstance(split.images, ImageRows)
+              for part in split.images.parts}
+    assert isinstance(data.train.images, ImageRows) and mapped
+    splits = find_splits(root)
+    whole = load_split(splits.train, splits.class_names, 16).data  # the same entry, mapped again
+    for position in (0, len(data.train) - 1):  # a row of the derived split is the cached image of its file
+        path = data.train.paths[position]
+        if path in whole.paths:
+            assert torch.equal(data.train.images[position], whole.images[whole.paths.index(path)])
+    batch = data.train[[0, len(data.train) - 1]][0]
+    assert batch.shape == (2, 3, 16, 16) and batch.dtype == torch.uint8
+    assert data.train.images[0:3].shape == (3, 3, 16, 16) and data.train.images.nbytes == len(data.train) * 3 * 16 * 16
