@@ -110,10 +110,11 @@ def open_entry(entry: Path):
 
 def cache_limit_bytes() -> int:
     """The cache's size cap: `$CLASSIFIER_CACHE_MAX_GB` (GiB, default 20; 0 = no cap)."""
+    setting = os.environ.get("CLASSIFIER_CACHE_MAX_GB", str(DEFAULT_MAX_GB))
     try:
-        return int(float(os.environ.get("CLASSIFIER_CACHE_MAX_GB", DEFAULT_MAX_GB)) * 2**30)
+        return int(float(setting) * 2**30)
     except ValueError:
-        raise ConfigError(f"CLASSIFIER_CACHE_MAX_GB must be a number of GiB, got {os.environ['CLASSIFIER_CACHE_MAX_GB']!r}") from None
+        raise ConfigError(f"CLASSIFIER_CACHE_MAX_GB must be a number of GiB, got {setting!r}") from None
 
 
 def make_room(needed: int) -> list[Path]:

@@ -14,8 +14,8 @@ from pandas.io.formats.style import Styler
 
 from .config import Config
 from .evaluation import Evaluation, evaluate_checkpoint
-from .presets import preset_config
 from .fileio import read_json
+from .presets import preset_config
 
 NOT_A_SETTING = {"train.resume", "data.data_dir"}  # where a run came from, not how it was trained
 

@@ -25,9 +25,9 @@ from . import distributed
 from .checkpoint import read_checkpoint
 from .config import Config
 from .data import DataBundle, load_data
+from .fileio import write_json
 from .model import count_parameters
 from .progress import progress_bar_wanted
-from .fileio import write_json
 from .runs import new_run_dir
 from .tb_figures import log_figures
 from .trainer import Trainer, setup_system

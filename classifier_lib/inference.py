@@ -15,6 +15,7 @@ from .folders import DataLayoutError, FlatImageDataset
 from .images import load_image
 from .predict import predict_logits
 
+
 @dataclass
 class Prediction:
     label: str

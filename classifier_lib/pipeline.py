@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from .compare import load_run
 from .config import ConfigError
+from .fileio import atomic_write, read_json, write_json
 from .presets import NAMED_SETTINGS, run_config
 from .progress import progress_bar_wanted
 from .report_index import COMPARE_DIR, write_index
-from .fileio import atomic_write, read_json, write_json
 from .runs import new_run_dir
 
 PIPELINE = ("01_data_stats", "02_training", "03_evaluation", "04_activations", "05_submission")

@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from .fileio import read_json, write_json
 from .pipeline import NOTEBOOKS_DIR, PIPELINE, PipelineError, check_parameters, compare_runs, run_pipeline
 from .progress import progress_bar_wanted
-from .fileio import read_json, write_json
 from .runs import new_run_dir
 
 SWEEPS_DIR = "sweeps"  # runs/sweeps/<name>.json

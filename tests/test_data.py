@@ -11,8 +11,7 @@ from conftest import make_dataset, make_image
 
 import classifier_lib.cache as cache_module
 from classifier_lib.cache import clear_cache
-from classifier_lib.config import ConfigError
-from classifier_lib.config import DataConfig
+from classifier_lib.config import ConfigError, DataConfig
 from classifier_lib.data import ImageRows, channel_stats, held_out_split, load_data, load_held_out, load_split
 from classifier_lib.folders import DataLayoutError, FlatImageDataset, find_splits
 

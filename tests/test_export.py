@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from PIL import Image
 from conftest import tiny_config
+from PIL import Image
 
 from classifier_lib import cli, export
 from classifier_lib.checkpoint import CheckpointError
