@@ -5,10 +5,13 @@ image from JPEG file to label, in one run on this machine (its bf16 matmul peak 
 
 Without --checkpoint a randomly initialised model of the default config is used: speed does not
 depend on the weights. The ONNX file is exported from the same checkpoint (fp32, flip TTA inside).
+With a checkpoint it also counts, on the checkpoint's validation images, the labels on which each
+backend differs from ONNX Runtime's fp32 (PyTorch's default is bf16 autocast: near-ties can flip).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -23,7 +26,8 @@ from machine import matmul_peak  # bench/machine.py, beside this script
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.checkpoint import save_checkpoint  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
-from classifier_lib.export import OnnxPredictor, export  # noqa: E402
+from classifier_lib.data import load_held_out  # noqa: E402
+from classifier_lib.export import OnnxPredictor, export, parity_images  # noqa: E402
 from classifier_lib.folders import find_splits, list_images  # noqa: E402
 from classifier_lib.inference import ClassifierBase, Predictor  # noqa: E402
 from classifier_lib.model import ResNet  # noqa: E402
@@ -79,6 +83,25 @@ def main() -> None:
             latencies = single_latencies(predictor, files)
             print(f"{name:24s} batched {speed:7.0f} images/s at {predictor.image_size} px (batch 256); one JPEG file "
                   f"to label: median {np.median(latencies):.1f} ms, p95 {np.percentile(latencies, 95):.1f} ms")
+        if args.checkpoint:
+            label_agreement(predictors, args.checkpoint)
+
+
+def label_agreement(predictors: dict[str, ClassifierBase], checkpoint: str) -> None:
+    """How many validation labels each backend gives otherwise than ONNX Runtime fp32, and the accuracy of each."""
+    images, source = parity_images(checkpoint)
+    if images is None:
+        print(source)
+        return
+    loaded = Predictor(checkpoint, device="cpu").loaded
+    config = dataclasses.replace(loaded.config.data, subset=1.0)
+    labels = load_held_out(config, loaded.config.system.seed)[0].labels
+    probabilities = {name: predictor.probabilities(images) for name, predictor in predictors.items()}
+    reference = probabilities["ONNX Runtime fp32"].argmax(1)
+    for name, probs in probabilities.items():
+        predicted = probs.argmax(1)
+        print(f"{name:24s} accuracy {(predicted == labels).float().mean():.4f}; labels unlike ONNX Runtime fp32: "
+              f"{int((predicted != reference).sum())} of {len(images)} {source}")
 
 
 if __name__ == "__main__":
