@@ -8,6 +8,7 @@ depend on the weights. The ONNX file is exported from the same checkpoint (fp32,
 With a checkpoint it also counts, on the checkpoint's validation images, the labels on which each
 backend differs from ONNX Runtime's fp32 (PyTorch's default is bf16 autocast: near-ties can flip).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,15 @@ import torch
 from machine import matmul_peak  # bench/machine.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from classifier_lib.checkpoint import save_checkpoint  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
-from classifier_lib.data import load_held_out  # noqa: E402
-from classifier_lib.export import OnnxPredictor, export, parity_images  # noqa: E402
-from classifier_lib.folders import find_splits, list_images  # noqa: E402
-from classifier_lib.inference import ClassifierBase, Predictor  # noqa: E402
-from classifier_lib.model import ResNet  # noqa: E402
+from classifier_lib.data.dataset import load_held_out  # noqa: E402
+from classifier_lib.data.folders import find_splits, list_images  # noqa: E402
+from classifier_lib.inference.base import ClassifierBase
+from classifier_lib.inference.checkpoint import save_checkpoint  # noqa: E402
+from classifier_lib.inference.export import export, parity_images  # noqa: E402
+from classifier_lib.inference.onnx import OnnxPredictor
+from classifier_lib.inference.predictor import Predictor  # noqa: E402
+from classifier_lib.model.resnet import ResNet  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
 
@@ -38,9 +41,18 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "an
 def random_checkpoint(folder: Path) -> Path:
     config = Config()
     path = folder / "random.pt"
-    save_checkpoint(path, {"model": ResNet(3, config.model).state_dict(), "class_names": ["cat", "dog", "panda"],
-                           "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": config.data.decode_size,
-                           "eval_size": config.data.test_size, "config": config.to_dict()})
+    save_checkpoint(
+        path,
+        {
+            "model": ResNet(3, config.model).state_dict(),
+            "class_names": ["cat", "dog", "panda"],
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "image_size": config.data.decode_size,
+            "eval_size": config.data.test_size,
+            "config": config.to_dict(),
+        },
+    )
     return path
 
 
@@ -72,17 +84,23 @@ def main() -> None:
     files = list_images(find_splits(args.data_dir).test or find_splits(args.data_dir).train)[0][: args.files]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or random_checkpoint(Path(tmp))
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, onnxruntime {onnxruntime.__version__}; "
-              f"bf16 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s; checkpoint {args.checkpoint or '(random weights)'}")
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, onnxruntime {onnxruntime.__version__}; "
+            f"bf16 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s; checkpoint {args.checkpoint or '(random weights)'}"
+        )
         onnx_file = export(checkpoint, Path(tmp) / "model.onnx").path
-        predictors = {"PyTorch fp32": Predictor(checkpoint, device="cpu", precision="fp32"),
-                      "PyTorch bf16 (default)": Predictor(checkpoint, device="cpu"),
-                      "ONNX Runtime fp32": OnnxPredictor(onnx_file)}
+        predictors = {
+            "PyTorch fp32": Predictor(checkpoint, device="cpu", precision="fp32"),
+            "PyTorch bf16 (default)": Predictor(checkpoint, device="cpu"),
+            "ONNX Runtime fp32": OnnxPredictor(onnx_file),
+        }
         for name, predictor in predictors.items():
             speed = batched(predictor)
             latencies = single_latencies(predictor, files)
-            print(f"{name:24s} batched {speed:7.0f} images/s at {predictor.image_size} px (batch 256); one JPEG file "
-                  f"to label: median {np.median(latencies):.1f} ms, p95 {np.percentile(latencies, 95):.1f} ms")
+            print(
+                f"{name:24s} batched {speed:7.0f} images/s at {predictor.image_size} px (batch 256); one JPEG file "
+                f"to label: median {np.median(latencies):.1f} ms, p95 {np.percentile(latencies, 95):.1f} ms"
+            )
         if args.checkpoint:
             label_agreement(predictors, args.checkpoint)
 
@@ -100,8 +118,10 @@ def label_agreement(predictors: dict[str, ClassifierBase], checkpoint: str) -> N
     reference = probabilities["ONNX Runtime fp32"].argmax(1)
     for name, probs in probabilities.items():
         predicted = probs.argmax(1)
-        print(f"{name:24s} accuracy {(predicted == labels).float().mean():.4f}; labels unlike ONNX Runtime fp32: "
-              f"{int((predicted != reference).sum())} of {len(images)} {source}")
+        print(
+            f"{name:24s} accuracy {(predicted == labels).float().mean():.4f}; labels unlike ONNX Runtime fp32: "
+            f"{int((predicted != reference).sum())} of {len(images)} {source}"
+        )
 
 
 if __name__ == "__main__":

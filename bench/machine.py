@@ -3,6 +3,7 @@
 Machines here differ up to 2x in speed from session to session; a time means something only
 beside the peak measured in the same run.
 """
+
 from __future__ import annotations
 
 import time

@@ -15,6 +15,7 @@ cache that are in RAM, which the kernel can drop at will) and the peak of its an
 printed beside the times. Target (issue 11): peak RSS <= 2 GiB at 50,000 images and 64 px, time
 linear in N.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,7 +93,7 @@ def status_kib(field: str) -> int:
 def run_phase(phase: str, root: Path, image_size: int) -> dict:
     """One phase in this (fresh) process; returns its figures."""
     from classifier_lib.config import Config
-    from classifier_lib.data import load_data
+    from classifier_lib.data.dataset import load_data
 
     watch = MemoryWatch()
     config = Config().override({"data.data_dir": str(root), "data.image_size": image_size})
@@ -103,7 +104,7 @@ def run_phase(phase: str, root: Path, image_size: int) -> dict:
         figures["seconds"] = time.perf_counter() - start
         figures["cache_gib"] = sum(f.stat().st_size for f in Path(os.environ["CLASSIFIER_CACHE_DIR"]).glob("*")) / 2**30
     elif phase == "train":
-        from classifier_lib.trainer import Trainer, setup_system
+        from classifier_lib.training.trainer import Trainer, setup_system
 
         trainer = Trainer(config, data, root / "run", setup_system(config))
         start = time.perf_counter()
@@ -113,7 +114,7 @@ def run_phase(phase: str, root: Path, image_size: int) -> dict:
         trainer.epoch = 1
         trainer.save("last.pt")
     elif phase == "submit":
-        from classifier_lib.inference import Predictor, write_submission
+        from classifier_lib.inference.predictor import Predictor, write_submission
 
         predictor = Predictor(root / "run" / "checkpoints" / "last.pt", device="cpu")
         start = time.perf_counter()
@@ -138,9 +139,12 @@ def measure(count: int, image_size: int, scratch: Path, valid: bool = True) -> d
             raise RuntimeError(f"phase {phase} failed:\n{completed.stderr[-3000:]}")
         results[phase] = figures = json.loads(completed.stdout.strip().splitlines()[-1])
         extra = f"  cache {figures['cache_gib']:.2f} GiB" if "cache_gib" in figures else ""
-        print(f"  {phase:6s} {figures['images']:7,} images  {figures['seconds']:6.1f} s  "
-              f"{figures['images'] / figures['seconds']:6.0f} img/s  peak RSS {figures['peak_rss_gib']:.2f} GiB  "
-              f"peak anon {figures['peak_anon_gib']:.2f} GiB{extra}", flush=True)
+        print(
+            f"  {phase:6s} {figures['images']:7,} images  {figures['seconds']:6.1f} s  "
+            f"{figures['images'] / figures['seconds']:6.0f} img/s  peak RSS {figures['peak_rss_gib']:.2f} GiB  "
+            f"peak anon {figures['peak_anon_gib']:.2f} GiB{extra}",
+            flush=True,
+        )
     return results
 
 

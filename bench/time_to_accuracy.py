@@ -13,6 +13,7 @@ same run: machines here differ up to 2x in speed, so a time only means something
 BatchNorm statistics recomputed at each (FixRes), without retraining (set data.eval_size to the
 largest, so that images are decoded at least that large).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,13 @@ import torch
 from machine import matmul_peak  # bench/machine.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from classifier_lib.checkpoint import load_model  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
-from classifier_lib.data import load_data  # noqa: E402
-from classifier_lib.device import autocast_dtype  # noqa: E402
-from classifier_lib.engine import train  # noqa: E402
-from classifier_lib.predict import predict_logits, recalibrate_bn  # noqa: E402
+from classifier_lib.data.dataset import load_data  # noqa: E402
+from classifier_lib.inference.checkpoint import load_model  # noqa: E402
+from classifier_lib.inference.predict import predict_logits, recalibrate_bn  # noqa: E402
 from classifier_lib.presets import preset_config  # noqa: E402
+from classifier_lib.training.engine import train  # noqa: E402
+from classifier_lib.utils.device import autocast_dtype  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
 TARGETS = (0.85, 0.90, 0.95)
@@ -94,8 +95,7 @@ def main() -> None:
     parser.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     parser.add_argument("--eval-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--json", help="also write the per-seed figures to this file")
-    parser.add_argument("--score", nargs="+", metavar="RUN_DIR",
-                        help="no training: score these runs' last.pt at --eval-sizes")
+    parser.add_argument("--score", nargs="+", metavar="RUN_DIR", help="no training: score these runs' last.pt at --eval-sizes")
     args = parser.parse_args()
     if args.score:
         score_runs(args.score, args.eval_sizes)
@@ -104,16 +104,21 @@ def main() -> None:
     print(f"bf16 matmul peak of this machine: {peak / 1e9:.0f} GFLOP/s")
     rows = []
     for seed in args.seeds:
-        config = preset_config(args.preset).override(
-            {"data.data_dir": str(args.data_dir), "system.seed": seed} | dict(args.set))
+        config = preset_config(args.preset).override({"data.data_dir": str(args.data_dir), "system.seed": seed} | dict(args.set))
         start = time.perf_counter()
         data = load_data(config.data, seed)
         decode_s = time.perf_counter() - start
         result = train(config, data=data, runs_root=args.runs_dir)
         wall_s = time.perf_counter() - start
-        row = {"seed": seed, "run": str(result.run_dir), "final_valid_acc": result.final_valid_acc,
-               "best_valid_acc": result.best_valid_acc, "train_s": result.history[-1]["elapsed_s"], "wall_s": wall_s,
-               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        row = {
+            "seed": seed,
+            "run": str(result.run_dir),
+            "final_valid_acc": result.final_valid_acc,
+            "best_valid_acc": result.best_valid_acc,
+            "train_s": result.history[-1]["elapsed_s"],
+            "wall_s": wall_s,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        }
         for target in TARGETS:
             # accuracies are float32 ratios: 405/450 reads 0.89999998, which is 90 %
             reached = next((r for r in result.history if r.get("valid_acc", 0) >= target - 1e-6), None)
@@ -121,12 +126,15 @@ def main() -> None:
         if args.eval_sizes:
             row["at_size"] = accuracy_at_sizes(result.last_checkpoint, data, args.eval_sizes)
         rows.append(row)
-        reached = "  ".join(f"{t:.0%}: " + (f"{row[f'time_to_{t:.0%}']:.0f} s" if row[f"time_to_{t:.0%}"] else "-")
-                            for t in TARGETS)
+        reached = "  ".join(
+            f"{t:.0%}: " + (f"{row[f'time_to_{t:.0%}']:.0f} s" if row[f"time_to_{t:.0%}"] else "-") for t in TARGETS
+        )
         sizes = "  ".join(f"@{s} {a:.2%}" for s, a in row.get("at_size", {}).items())
-        print(f"seed {seed}: final {row['final_valid_acc']:.2%} (best {row['best_valid_acc']:.2%})  {reached}  "
-              f"train {row['train_s']:.0f} s  wall {wall_s:.0f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  {sizes}",
-              flush=True)
+        print(
+            f"seed {seed}: final {row['final_valid_acc']:.2%} (best {row['best_valid_acc']:.2%})  {reached}  "
+            f"train {row['train_s']:.0f} s  wall {wall_s:.0f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  {sizes}",
+            flush=True,
+        )
     print(f"\n{len(rows)} seeds, bf16 matmul peak {peak / 1e9:.0f} GFLOP/s, overrides {dict(args.set)}")
     print(f"final valid accuracy   {mean_std([r['final_valid_acc'] for r in rows])}")
     print(f"training time          {mean_std([r['train_s'] for r in rows], 's')}")
@@ -135,8 +143,10 @@ def main() -> None:
     for target in TARGETS:
         times = [r[f"time_to_{target:.0%}"] for r in rows]
         done = [t for t in times if t is not None]
-        print(f"time to {target:.0%}: reached by {len(done)}/{len(rows)} seeds"
-              + (f", mean {statistics.mean(done):.0f} s" if done else ""))
+        print(
+            f"time to {target:.0%}: reached by {len(done)}/{len(rows)} seeds"
+            + (f", mean {statistics.mean(done):.0f} s" if done else "")
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "rows": rows}, indent=2))
 

@@ -8,6 +8,7 @@ fp32, no channels_last. Its model is the same residual CNN as ours, so the compa
 pipeline, not the architecture. Both run on the same images in the same process, each at the same
 image size and each at its own default (ours 96 px, the seed 238 px).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,28 +24,33 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from classifier_lib.augment import BatchAugment, normalize  # noqa: E402
 from classifier_lib.config import Config  # noqa: E402
-from classifier_lib.data import load_split  # noqa: E402
-from classifier_lib.device import autocast, usable_cpus  # noqa: E402
-from classifier_lib.folders import find_splits  # noqa: E402
-from classifier_lib.model import ResNet, flops_per_image  # noqa: E402
-from classifier_lib.optim import make_optimizer  # noqa: E402
+from classifier_lib.data.augment import BatchAugment, normalize  # noqa: E402
+from classifier_lib.data.dataset import load_split  # noqa: E402
+from classifier_lib.data.folders import find_splits  # noqa: E402
+from classifier_lib.model.resnet import ResNet, flops_per_image  # noqa: E402
+from classifier_lib.training.optim import make_optimizer  # noqa: E402
+from classifier_lib.utils.device import autocast, usable_cpus  # noqa: E402
 
 SEED_SIZE, OUR_SIZE, BATCH = 238, Config().data.image_size, 64
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
 
 
 def seed_style_loader(train_dir: Path, size: int) -> DataLoader:
-    tf = transforms.Compose([
-        transforms.Resize(size), transforms.CenterCrop(size),
-        transforms.RandomAffine(15, translate=(0.1, 0.1), scale=(0.8, 1.2)),
-        transforms.RandomHorizontalFlip(), transforms.ColorJitter(0.3, 0.3, 0.3), transforms.RandomEqualize(0.1),
-        transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.25] * 3),
-    ])
+    tf = transforms.Compose(
+        [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.RandomAffine(15, translate=(0.1, 0.1), scale=(0.8, 1.2)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(0.3, 0.3, 0.3),
+            transforms.RandomEqualize(0.1),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.25] * 3),
+        ]
+    )
     dataset = datasets.ImageFolder(str(train_dir), transform=tf)
-    return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=usable_cpus(), drop_last=True,
-                      persistent_workers=True)
+    return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=usable_cpus(), drop_last=True, persistent_workers=True)
 
 
 def time_steps(batches, step, steps: int, warmup: int = 2) -> float:
@@ -114,11 +120,15 @@ def main() -> None:
         results["seed", size] = seed_style(splits.train, size, args.steps)
         results["ours", size], flops = ours(splits.train, splits.class_names, size, args.steps)
         train_flops = 3 * flops * results["ours", size]  # backward costs about twice the forward pass
-        print(f"{size:4d} px  seed-style {results['seed', size]:7.1f} img/s   ours {results['ours', size]:7.1f} img/s   "
-              f"ratio {results['ours', size] / results['seed', size]:5.1f}x   ours {train_flops / 1e9:.0f} GFLOP/s "
-              f"= {train_flops / peak_bf16:.0%} of the bf16 matmul peak")
-    print(f"each at its default: ours {OUR_SIZE} px {results['ours', OUR_SIZE]:.1f} img/s vs seed {SEED_SIZE} px "
-          f"{results['seed', SEED_SIZE]:.1f} img/s = {results['ours', OUR_SIZE] / results['seed', SEED_SIZE]:.1f}x")
+        print(
+            f"{size:4d} px  seed-style {results['seed', size]:7.1f} img/s   ours {results['ours', size]:7.1f} img/s   "
+            f"ratio {results['ours', size] / results['seed', size]:5.1f}x   ours {train_flops / 1e9:.0f} GFLOP/s "
+            f"= {train_flops / peak_bf16:.0%} of the bf16 matmul peak"
+        )
+    print(
+        f"each at its default: ours {OUR_SIZE} px {results['ours', OUR_SIZE]:.1f} img/s vs seed {SEED_SIZE} px "
+        f"{results['seed', SEED_SIZE]:.1f} img/s = {results['ours', OUR_SIZE] / results['seed', SEED_SIZE]:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -1,21 +1,31 @@
 """Command line: `python -m classifier_lib {train,lr-find,evaluate,predict,submit,export,ensemble,pseudo-label,clear-cache}`."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
-from . import distributed
-from .checkpoint import CheckpointError, read_checkpoint
-from .config import Config, ConfigError
-from .export import ExportError
-from .folders import DataLayoutError
-from .images import UnreadableImage
-from .presets import PRESETS, run_config
+from classifier_lib.config import Config, ConfigError
+from classifier_lib.data.folders import DataLayoutError
+from classifier_lib.data.images import UnreadableImage
+from classifier_lib.inference.checkpoint import CheckpointError, read_checkpoint
+from classifier_lib.inference.export import ExportError
+from classifier_lib.presets import PRESETS, run_config
+from classifier_lib.utils import distributed
+from classifier_lib.utils.device import DeviceError
 
 # Errors about the user's input: one clean line. Anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (DataLayoutError, CheckpointError, UnreadableImage, ConfigError, FileNotFoundError, FloatingPointError,
-                   ExportError)
+EXPECTED_ERRORS = (
+    DataLayoutError,
+    CheckpointError,
+    UnreadableImage,
+    ConfigError,
+    DeviceError,
+    FileNotFoundError,
+    FloatingPointError,
+    ExportError,
+)
 
 # The seed project's flags, mapped onto config keys.
 SEED_FLAGS = {
@@ -42,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_arguments(train)
     train.add_argument("--runs-dir", default="runs", help="where run folders version_N are created")
     train.add_argument("--run-dir", help="train into this (existing or new) folder instead of a new version_N")
-    train.add_argument("--train-on-all", action="store_const", const=True, dest="data.train_on_all",
-                       help="train on Train + Valid: the final model; its Valid figures are then no score")
+    train.add_argument(
+        "--train-on-all",
+        action="store_const",
+        const=True,
+        dest="data.train_on_all",
+        help="train on Train + Valid: the final model; its Valid figures are then no score",
+    )
     train.add_argument("--resume", help="continue training from this checkpoint (its run folder and config)")
 
     lr_find = commands.add_parser("lr-find", help="learning-rate range test: loss against an exponentially growing rate")
@@ -56,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="accuracy and per-class report of a checkpoint on the validation split")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--data-dir", default=None, help="default: the data folder the checkpoint was trained on")
-    evaluate.add_argument("--split", choices=["valid", "train"], default="valid",
-                          help="valid: the Valid folder, or without one the part of Train that training held out")
+    evaluate.add_argument(
+        "--split",
+        choices=["valid", "train"],
+        default="valid",
+        help="valid: the Valid folder, or without one the part of Train that training held out",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
     predict = commands.add_parser("predict", help="predict the class of image files")
@@ -69,27 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("checkpoint")
     submit.add_argument("test_dir")
     submit.add_argument("-o", "--output", default="submission.csv")
-    submit.add_argument("--no-formula-guard", action="store_false", dest="formula_guard",
-                        help="write ids and labels exactly (for a grader comparing them); by default a cell starting "
-                        "with = + - @ gets a leading ' so that a spreadsheet shows it as text")
+    submit.add_argument(
+        "--no-formula-guard",
+        action="store_false",
+        dest="formula_guard",
+        help="write ids and labels exactly (for a grader comparing them); by default a cell starting "
+        "with = + - @ gets a leading ' so that a spreadsheet shows it as text",
+    )
     for sub in (evaluate, predict, submit):
         sub.add_argument("--device", default="auto")
     for sub in (predict, submit):
-        sub.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                         help="onnxruntime: CHECKPOINT is a file made by the export command")
+        sub.add_argument(
+            "--backend",
+            choices=["torch", "onnxruntime"],
+            default="torch",
+            help="onnxruntime: CHECKPOINT is a file made by the export command",
+        )
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX or TorchScript, checked against PyTorch")
     export.add_argument("checkpoint")
     export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     export.add_argument("-o", "--output", required=True)
     export.add_argument("--float-input", action="store_true", help="take float32 images in [0, 1] instead of uint8")
-    export.add_argument("--data-dir", help="check parity on this folder's validation images "
-                        "(default: the checkpoint's data folder when it exists, else generated images)")
+    export.add_argument(
+        "--data-dir",
+        help="check parity on this folder's validation images "
+        "(default: the checkpoint's data folder when it exists, else generated images)",
+    )
     ensemble = commands.add_parser("ensemble", help="several checkpoints in one file that averages their probabilities")
     ensemble.add_argument("checkpoints", nargs="+")
     ensemble.add_argument("-o", "--output", required=True)
-    pseudo = commands.add_parser("pseudo-label", help="copy the unlabelled images a model is confident about into "
-                                 "class folders, for training a student with --set data.extra_train_dir")
+    pseudo = commands.add_parser(
+        "pseudo-label",
+        help="copy the unlabelled images a model is confident about into "
+        "class folders, for training a student with --set data.extra_train_dir",
+    )
     pseudo.add_argument("checkpoint")
     pseudo.add_argument("folder", help="unlabelled images (flat or nested), e.g. DATA_DIR/Test")
     pseudo.add_argument("-o", "--output", required=True, help="a new folder: OUTPUT/<class>/ and pseudo_labels.csv")
@@ -107,18 +140,44 @@ def add_recipe_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--preset", choices=list(PRESETS), help="a recipe for a time budget (see the README)")
     for flag, (key, kind) in SEED_FLAGS.items():
         command.add_argument(flag, type=kind, dest=key, default=None, metavar=kind.__name__.upper(), help=f"sets {key}")
-    command.add_argument("--run-just-a-subset", action="store_const", const=0.05, dest="data.subset",
-                         help="train on a stratified 5%% subset (the seed's flag)")
-    command.add_argument("--half-precision", action="store_const", const="auto", dest="train.precision",
-                         help="mixed precision: bf16 on CPU, fp16 on CUDA (the default)")
+    command.add_argument(
+        "--run-just-a-subset",
+        action="store_const",
+        const=0.05,
+        dest="data.subset",
+        help="train on a stratified 5%% subset (the seed's flag)",
+    )
+    command.add_argument(
+        "--half-precision",
+        action="store_const",
+        const="auto",
+        dest="train.precision",
+        help="mixed precision: bf16 on CPU, fp16 on CUDA (the default)",
+    )
     command.add_argument("--fp32", action="store_const", const="fp32", dest="train.precision", help="full fp32 precision")
-    command.add_argument("--use-scheduler", action="store_const", const="onecycle", dest="train.scheduler",
-                         help="one-cycle learning-rate schedule (the default)")
-    command.add_argument("--data-augmentation", action="store_const", const=True, dest="data.augment",
-                         help="augment training batches (the default)")
+    command.add_argument(
+        "--use-scheduler",
+        action="store_const",
+        const="onecycle",
+        dest="train.scheduler",
+        help="one-cycle learning-rate schedule (the default)",
+    )
+    command.add_argument(
+        "--data-augmentation",
+        action="store_const",
+        const=True,
+        dest="data.augment",
+        help="augment training batches (the default)",
+    )
     command.add_argument("--no-augmentation", action="store_const", const=False, dest="data.augment")
-    command.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                         help="any config field, e.g. --set model.widths 32,64,128,256")
+    command.add_argument(
+        "--set",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="any config field, e.g. --set model.widths 32,64,128,256",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -129,35 +188,40 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides["train.resume"] = resume
     if resume:
         return Config.from_dict(read_checkpoint(resume)["config"]).override(
-            overrides | ({"data.data_dir": args.data_dir} if args.data_dir else {}))
+            overrides | ({"data.data_dir": args.data_dir} if args.data_dir else {})
+        )
     return run_config(args.preset, args.config, overrides, args.data_dir)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import train
+    from classifier_lib.training.engine import train
 
     result = train(config_from_args(args), run_dir=args.run_dir, runs_root=args.runs_dir)
     if not distributed.is_main():
         return 0
-    print(f"final validation accuracy {result.final_valid_acc:.4f} (last.pt); "
-          f"best {result.best_valid_acc:.4f} at epoch {result.best_epoch} (best.pt, chosen on Valid)")
+    print(
+        f"final validation accuracy {result.final_valid_acc:.4f} (last.pt); "
+        f"best {result.best_valid_acc:.4f} at epoch {result.best_epoch} (best.pt, chosen on Valid)"
+    )
     print(f"run folder: {result.run_dir}")
     return 130 if result.interrupted else 0
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from .lr_finder import find_lr
+    from classifier_lib.training.lr_finder import find_lr
 
     result = find_lr(config_from_args(args), start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
     result.plot().savefig(args.output, dpi=100)
-    print(f"{len(result.lrs)} steps from lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}; "
-          f"steepest descent of the loss at lr {result.suggestion:.3g}")
+    print(
+        f"{len(result.lrs)} steps from lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}; "
+        f"steepest descent of the loss at lr {result.suggestion:.3g}"
+    )
     print(f"plot: {args.output}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_checkpoint
+    from classifier_lib.report.evaluation import evaluate_checkpoint
 
     evaluation = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, device=args.device)
     if args.json:
@@ -171,7 +235,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import open_predictor
+    from classifier_lib.inference.predictor import open_predictor
 
     predictor = open_predictor(args.checkpoint, args.backend, args.device)
     failures = 0
@@ -183,20 +247,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"image": image, "error": str(error)}) if args.json else f"{image}: error: {error}")
             continue
         if args.json:
-            print(json.dumps({"image": image, "label": prediction.label, "confidence": prediction.confidence,
-                              "probabilities": prediction.probabilities}))
+            print(
+                json.dumps(
+                    {
+                        "image": image,
+                        "label": prediction.label,
+                        "confidence": prediction.confidence,
+                        "probabilities": prediction.probabilities,
+                    }
+                )
+            )
         else:
             print(f"{image}: {prediction.label} ({prediction.confidence:.3f})")
     return 1 if failures else 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .inference import open_predictor, write_submission
+    from classifier_lib.inference.predictor import open_predictor, write_submission
 
     predictions = open_predictor(args.checkpoint, args.backend, args.device).predict_folder(args.test_dir)
     csv_path, probs_path = write_submission(predictions, args.output, args.formula_guard)
     print(f"{len(predictions.ids)} images -> {csv_path} (probabilities: {probs_path})")
-    for path, reason in predictions.skipped:
+    for _, reason in predictions.skipped:  # the reason starts with the file's path
         print(f"skipped {reason}")
     if predictions.skipped:
         print(f"{len(predictions.skipped)} unreadable files skipped")
@@ -204,12 +276,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export, parity_images
+    from classifier_lib.inference.export import export, parity_images
 
     images, source = parity_images(args.checkpoint, args.data_dir)
     report = export(args.checkpoint, args.output, args.format, images, uint8_input=not args.float_input)
-    print(f"parity on {report.images} {source}: max |dp| {report.max_abs_diff:.2e}, "
-          f"labels identical: {report.labels_identical}")
+    print(f"parity on {report.images} {source}: max |dp| {report.max_abs_diff:.2e}, labels identical: {report.labels_identical}")
     for note in report.notes:
         print(f"note: {note}")
     print(f"wrote {report.path}")
@@ -217,7 +288,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from .ensemble import make_ensemble
+    from classifier_lib.inference.ensembles import make_ensemble
 
     path = make_ensemble(args.checkpoints, args.output)
     print(f"wrote {path}: the average of {len(args.checkpoints)} models; use it like any checkpoint")
@@ -225,7 +296,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from .pseudo import pseudo_label
+    from classifier_lib.inference.pseudo import pseudo_label
 
     result = pseudo_label(args.checkpoint, args.folder, args.output, args.threshold, args.device)
     print(result.summary())
@@ -234,7 +305,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def cmd_clear_cache(args: argparse.Namespace) -> int:
-    from .cache import cache_dir, clear_cache
+    from classifier_lib.data.cache import cache_dir, clear_cache
 
     files, freed = clear_cache()
     print(f"removed {files} cache files ({freed / 2**20:.1f} MiB) from {cache_dir()}")
@@ -243,9 +314,17 @@ def cmd_clear_cache(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "submit": cmd_submit,
-                "export": cmd_export, "clear-cache": cmd_clear_cache, "lr-find": cmd_lr_find,
-                "ensemble": cmd_ensemble, "pseudo-label": cmd_pseudo_label}
+    commands = {
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "predict": cmd_predict,
+        "submit": cmd_submit,
+        "export": cmd_export,
+        "clear-cache": cmd_clear_cache,
+        "lr-find": cmd_lr_find,
+        "ensemble": cmd_ensemble,
+        "pseudo-label": cmd_pseudo_label,
+    }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:  # outside training's own handler, e.g. while decoding images

@@ -3,6 +3,7 @@
 A `Config` round-trips through `to_dict` / `from_dict`, so `config.json` in a run folder
 (or the copy inside a checkpoint) is enough to reproduce that run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fileio import write_json
-from .paths import default_data_dir
+from classifier_lib.utils.fileio import write_json
+from classifier_lib.utils.paths import default_data_dir
 
 SIZE_STEP = 16  # the network's total stride: training and test sizes are multiples of it (others do worse)
 MOMENTUM_DIP = 0.1  # the one-cycle schedule lowers momentum by this much at the learning-rate peak
-FIXRES_RATIO = 1.25  # test size / training size: 80 px for 64 px crops, +1.3 points (README, 2 seeds)
+FIXRES_RATIO = 1.25  # test size / training size: 80 px for 64 px crops, +1.3 points (docs/results.md, 2 seeds)
 
 
 class ConfigError(ValueError):
@@ -163,27 +164,41 @@ class Config:
             (0 <= data.grey_p <= 1 and 0 <= data.blur_p <= 1, "data.grey_p and data.blur_p must be in [0, 1]"),
             (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),
             (train.lr > 0, f"train.lr must be positive, got {train.lr}"),
-            (MOMENTUM_DIP <= train.momentum < 1 if train.scheduler == "onecycle" else 0 <= train.momentum < 1,
-             f"train.momentum must be in [{MOMENTUM_DIP}, 1) under onecycle (it dips by {MOMENTUM_DIP}), else in [0, 1); "
-             f"got {train.momentum}"),
+            (
+                MOMENTUM_DIP <= train.momentum < 1 if train.scheduler == "onecycle" else 0 <= train.momentum < 1,
+                f"train.momentum must be in [{MOMENTUM_DIP}, 1) under onecycle (it dips by {MOMENTUM_DIP}), else in [0, 1); "
+                f"got {train.momentum}",
+            ),
             (train.bias_lr_scale > 0, f"train.bias_lr_scale must be positive, got {train.bias_lr_scale}"),
-            (train.lookahead_every >= 0,
-             f"train.lookahead_every must be 0 (off) or a number of steps, got {train.lookahead_every}"),
+            (
+                train.lookahead_every >= 0,
+                f"train.lookahead_every must be 0 (off) or a number of steps, got {train.lookahead_every}",
+            ),
             (not train.lookahead_every or train.ema_decay > 0, "train.lookahead_every needs the EMA: train.ema_decay > 0"),
-            (train.precision in ("auto", "fp32", "bf16", "fp16"),
-             f"train.precision must be auto, fp32, bf16 or fp16, got {train.precision!r}"),
-            (train.scheduler in ("onecycle", "cosine", "lambda", "none"),
-             f"train.scheduler must be onecycle, cosine, lambda or none, got {train.scheduler!r}"),
+            (
+                train.precision in ("auto", "fp32", "bf16", "fp16"),
+                f"train.precision must be auto, fp32, bf16 or fp16, got {train.precision!r}",
+            ),
+            (
+                train.scheduler in ("onecycle", "cosine", "lambda", "none"),
+                f"train.scheduler must be onecycle, cosine, lambda or none, got {train.scheduler!r}",
+            ),
             (train.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, got {train.optimizer!r}"),
             (train.patience >= 0, f"train.patience must be 0 (off) or a number of epochs, got {train.patience}"),
             (train.validate_every >= 1, f"train.validate_every must be at least 1, got {train.validate_every}"),
-            (train.monitor in ("valid_loss", "valid_acc"),
-             f"train.monitor must be valid_loss or valid_acc, got {train.monitor!r}"),
-            (not self.model.whiten_stem or self.model.widths[0] % 2 == 0,
-             f"model.whiten_stem needs an even first width (filters and their negations), got {self.model.widths[0]}"),
-            (not (train.sync_bn and train.recalibrate_bn and not train.ema_decay),
-             "train.recalibrate_bn with train.sync_bn needs the EMA (train.ema_decay > 0): rank 0 alone recalibrates, "
-             "and SyncBatchNorm would wait for the other ranks"),
+            (
+                train.monitor in ("valid_loss", "valid_acc"),
+                f"train.monitor must be valid_loss or valid_acc, got {train.monitor!r}",
+            ),
+            (
+                not self.model.whiten_stem or self.model.widths[0] % 2 == 0,
+                f"model.whiten_stem needs an even first width (filters and their negations), got {self.model.widths[0]}",
+            ),
+            (
+                not (train.sync_bn and train.recalibrate_bn and not train.ema_decay),
+                "train.recalibrate_bn with train.sync_bn needs the EMA (train.ema_decay > 0): rank 0 alone recalibrates, "
+                "and SyncBatchNorm would wait for the other ranks",
+            ),
             (train.tensorboard_every >= 0, f"train.tensorboard_every must be 0 (off) or positive, got {train.tensorboard_every}"),
         ]
         problems = [message for ok, message in checks if not ok]

@@ -1,12 +1,13 @@
 """Named recipes for different time budgets, as overrides of the config's own values (`Config()`).
 
-Each preset's accuracy and time are measured in the README (bench/time_to_accuracy.py, 3 seeds).
+Each preset's accuracy and time are measured in docs/results.md (bench/time_to_accuracy.py, 3 seeds).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from .config import Config, ConfigError
+from classifier_lib.config import Config, ConfigError
 
 PRESETS: dict[str, dict[str, Any]] = {
     # progressive resizing 64 -> 112 px over 150 epochs, tested at 144 px, validated every 10th epoch:
@@ -32,14 +33,26 @@ def preset_config(name: str = "default") -> Config:
 
 # notebook parameters (and run_pipeline.py -p names) that set one config field each
 NAMED_SETTINGS = {
-    "epochs": "train.epochs", "image_size": "data.image_size", "eval_size": "data.eval_size",
-    "train_on_all": "data.train_on_all", "batch_size": "data.batch_size", "lr": "train.lr", "subset": "data.subset",
-    "augment": "data.augment", "precision": "train.precision", "seed": "system.seed",
+    "epochs": "train.epochs",
+    "image_size": "data.image_size",
+    "eval_size": "data.eval_size",
+    "train_on_all": "data.train_on_all",
+    "batch_size": "data.batch_size",
+    "lr": "train.lr",
+    "subset": "data.subset",
+    "augment": "data.augment",
+    "precision": "train.precision",
+    "seed": "system.seed",
 }
 
 
-def run_config(preset: str | None = "default", config_file: str | None = None, overrides: dict[str, Any] | None = None,
-               data_dir: str | None = None, **named: Any) -> Config:
+def run_config(
+    preset: str | None = "default",
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    data_dir: str | None = None,
+    **named: Any,
+) -> Config:
     """The one way a run's config is built, by the command line, every notebook and the pipeline's check:
     a preset (or a saved config.json instead), then `overrides` (`section.field` or bare names), then the
     named settings (`epochs=...`, see NAMED_SETTINGS; None keeps the value), then the data folder."""

@@ -1,4 +1,5 @@
 """Playwright driving Debian's chromium (never a downloaded browser), for the browser tests."""
+
 from __future__ import annotations
 
 import shutil

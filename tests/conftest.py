@@ -1,4 +1,5 @@
 """Shared fixtures: tiny generated image folders and a tiny trained checkpoint."""
+
 from __future__ import annotations
 
 import os
@@ -53,17 +54,25 @@ def tiny_data(tmp_path) -> Path:
 
 def tiny_config(data_dir: Path, **overrides) -> Config:
     """A config that trains in a second or two on tiny data."""
-    values = {"data.data_dir": str(data_dir), "data.image_size": 32, "data.eval_size": 32, "data.batch_size": 8,
-              "data.workers": 1,
-              "model.widths": (8, 16), "model.blocks": (1, 1), "train.epochs": 2, "train.lr": 0.05,
-              "system.threads": 1}
+    values = {
+        "data.data_dir": str(data_dir),
+        "data.image_size": 32,
+        "data.eval_size": 32,
+        "data.batch_size": 8,
+        "data.workers": 1,
+        "model.widths": (8, 16),
+        "model.blocks": (1, 1),
+        "train.epochs": 2,
+        "train.lr": 0.05,
+        "system.threads": 1,
+    }
     return Config().override(values | overrides)
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One tiny training run shared by the tests that only read its outputs."""
-    from classifier_lib.engine import train
+    from classifier_lib.training.engine import train
 
     root = tmp_path_factory.mktemp("trained")
     os.environ.setdefault("CLASSIFIER_CACHE_DIR", str(root / "cache"))

@@ -1,9 +1,9 @@
 import torch
 
-from classifier_lib.augment import BatchAugment, normalize
 from classifier_lib.config import DataConfig, ModelConfig
-from classifier_lib.model import ResNet
-from classifier_lib.predict import predict_logits
+from classifier_lib.data.augment import BatchAugment, normalize
+from classifier_lib.inference.predict import predict_logits
+from classifier_lib.model.resnet import ResNet
 
 
 def test_batch_augment_is_seeded_per_sample_and_in_range():
@@ -22,8 +22,9 @@ def test_batch_augment_is_seeded_per_sample_and_in_range():
 
 def test_identity_settings_change_nothing():
     images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    augment = BatchAugment(zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0,
-                           contrast=0.0, saturation=0.0, equalize_p=0.0)
+    augment = BatchAugment(
+        zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, equalize_p=0.0
+    )
     out = augment(images, torch.Generator().manual_seed(0))
     flipped = images.float().flip(dims=[3]) / 255
     for original, result, mirrored in zip(images.float() / 255, out, flipped):
@@ -51,8 +52,7 @@ def test_tta_over_sizes_averages_the_logits_of_each_size():
     images = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
     stats = ((0.5,) * 3, (0.25,) * 3)
     each = [predict_logits(model, images, *stats, size, flip=True) for size in (32, 48)]
-    assert torch.allclose(predict_logits(model, images, *stats, [32, 48], flip=True), (each[0] + each[1]) / 2,
-                          atol=1e-5)
+    assert torch.allclose(predict_logits(model, images, *stats, [32, 48], flip=True), (each[0] + each[1]) / 2, atol=1e-5)
 
 
 def test_tta_sizes_are_on_the_stride_grid_and_decoded_large_enough():
@@ -63,8 +63,9 @@ def test_tta_sizes_are_on_the_stride_grid_and_decoded_large_enough():
 
 def test_grey_and_blur_touch_only_the_chosen_images():
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
-    identity = dict(zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0,
-                    saturation=0.0, equalize_p=0.0)
+    identity = dict(
+        zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, equalize_p=0.0
+    )
     grey = BatchAugment(**identity, grey_p=0.5)(images, torch.Generator().manual_seed(0))
     is_grey = [bool((image[0] == image[1]).all() and (image[1] == image[2]).all()) for image in grey]
     assert 10 < sum(is_grey) < 54  # about half

@@ -1,4 +1,5 @@
 """The image tester clicked for real: JupyterLab on localhost, the notebook run, an image uploaded."""
+
 from __future__ import annotations
 
 import os
@@ -54,13 +55,28 @@ def jupyterlab(tmp_path):
     port, token = free_port(), secrets.token_hex(16)
     log = (tmp_path / "jupyterlab.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={tmp_path}",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ]
         + (["--allow-root"] if os.geteuid() == 0 else []),
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-        env=os.environ | {name: str(tmp_path / "jupyter" / name.lower()) for name in
-                          ("JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR")},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env=os.environ
+        | {
+            name: str(tmp_path / "jupyter" / name.lower())
+            for name in ("JUPYTER_RUNTIME_DIR", "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR")
+        },
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,8 +99,12 @@ def jupyterlab(tmp_path):
 def test_image_tester_in_jupyterlab_predicts_an_uploaded_image(trained_run, jupyterlab, tmp_path):
     result, data_dir = trained_run
     url, token = jupyterlab
-    papermill.execute_notebook(str(TESTER), str(tmp_path / "tester.ipynb"), prepare_only=True,
-                               parameters={"data_dir": str(data_dir), "runs_dir": str(result.run_dir.parent)})
+    papermill.execute_notebook(
+        str(TESTER),
+        str(tmp_path / "tester.ipynb"),
+        prepare_only=True,
+        parameters={"data_dir": str(data_dir), "runs_dir": str(result.run_dir.parent)},
+    )
     image = next((data_dir / "Valid" / "panda").iterdir())
     with browser_page() as page, screenshot_on_failure(page, tmp_path / "failure.png"):
         page.goto(f"{url}/lab/tree/tester.ipynb?token={token}")
@@ -103,8 +123,11 @@ def test_image_tester_in_jupyterlab_predicts_an_uploaded_image(trained_run, jupy
         label.wait_for(timeout=60_000)
         pictures = page.locator(".jp-OutputArea-output img")
         pictures.nth(1).wait_for(timeout=60_000)  # Grad-CAM overlay and probability bars
-        page.wait_for_function("() => [...document.querySelectorAll('.jp-OutputArea-output img')]"
-                               ".every(img => img.complete && img.naturalWidth > 100)", timeout=30_000)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-OutputArea-output img')]"
+            ".every(img => img.complete && img.naturalWidth > 100)",
+            timeout=30_000,
+        )
         assert label.inner_text().split(" (")[0] in ("cat", "dog", "panda")
         assert pictures.count() == 2
         if SCREENSHOT:
@@ -112,7 +135,7 @@ def test_image_tester_in_jupyterlab_predicts_an_uploaded_image(trained_run, jupy
 
 
 def test_report_index_sorts_by_a_clicked_column(tmp_path):
-    from classifier_lib.report_index import write_index
+    from classifier_lib.report.index import write_index
 
     for number, accuracy in enumerate((0.5, 0.9, 0.7)):
         run = tmp_path / "runs" / f"version_{number}"

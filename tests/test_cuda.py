@@ -1,14 +1,15 @@
 """The CUDA path: run only where a GPU exists (skipped elsewhere, also in CI)."""
+
 import math
 
 import pytest
 import torch
 from conftest import needs_cuda, tiny_config
 
-from classifier_lib.data import load_data
-from classifier_lib.engine import train
-from classifier_lib.inference import Predictor
-from classifier_lib.trainer import Trainer
+from classifier_lib.data.dataset import load_data
+from classifier_lib.inference.predictor import Predictor
+from classifier_lib.training.engine import train
+from classifier_lib.training.trainer import Trainer
 
 pytestmark = [pytest.mark.cuda, needs_cuda]
 
@@ -26,15 +27,20 @@ def test_training_on_cuda_and_predicting_on_the_cpu(tiny_data, tmp_path, precisi
 
 
 def test_auto_precision_is_bf16_where_the_gpu_supports_it(tiny_data, tmp_path):
-    trainer = Trainer(tiny_config(tiny_data, **{"system.device": "cuda"}), load_data(tiny_config(tiny_data).data),
-                      tmp_path, torch.device("cuda"))
+    trainer = Trainer(
+        tiny_config(tiny_data, **{"system.device": "cuda"}),
+        load_data(tiny_config(tiny_data).data),
+        tmp_path,
+        torch.device("cuda"),
+    )
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert trainer.dtype is expected and trainer.scaler.is_enabled() == (expected is torch.float16)
 
 
 def test_fp16_overflow_skips_steps_without_advancing_schedule_or_ema(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, **{"system.device": "cuda", "train.precision": "fp16", "train.ema_decay": 0.9,
-                                       "data.batch_size": 2})  # 18 steps
+    config = tiny_config(
+        tiny_data, **{"system.device": "cuda", "train.precision": "fp16", "train.ema_decay": 0.9, "data.batch_size": 2}
+    )  # 18 steps
     trainer = Trainer(config, load_data(config.data), tmp_path, torch.device("cuda"))
     trainer.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**24)  # fp16 gradients overflow until it halves
     row = trainer.train_epoch()

@@ -9,11 +9,12 @@ import pytest
 import torch
 from conftest import make_dataset, make_image
 
-import classifier_lib.cache as cache_module
-from classifier_lib.cache import clear_cache
+import classifier_lib.data.cache as cache_module
 from classifier_lib.config import ConfigError, DataConfig
-from classifier_lib.data import ImageRows, channel_stats, held_out_split, load_data, load_held_out, load_split
-from classifier_lib.folders import DataLayoutError, FlatImageDataset, find_splits
+from classifier_lib.data.cache import clear_cache
+from classifier_lib.data.dataset import ImageRows, channel_stats, load_data, load_held_out, load_split
+from classifier_lib.data.folders import DataLayoutError, FlatImageDataset, find_splits
+from classifier_lib.data.splits import held_out_split
 
 
 def test_finds_splits_and_classes(tiny_data):
@@ -65,7 +66,8 @@ def test_adding_a_file_moves_no_other_file_between_the_splits():
     assert after - {"/data/Train/cat/aaa_new.jpg"} == before
     moved = [p.replace("/data/", "/elsewhere/") for p in paths]  # the folder moved: the split is the same
     assert {moved[i] for i in held_out_split(moved, labels, 0.2, seed=0, root="/elsewhere/Train")[0]} == {
-        p.replace("/data/", "/elsewhere/") for p in before}
+        p.replace("/data/", "/elsewhere/") for p in before
+    }
 
 
 def test_subset_is_stratified(tiny_data):
@@ -124,7 +126,7 @@ def test_folder_without_train_is_explained(tmp_path):
 
 def test_cache_is_keyed_by_the_preprocessing_too(tiny_data, tmp_path, monkeypatch, request):
     """Another Pillow version or other decoding code may give other pixels: never reuse the old ones."""
-    import classifier_lib.cache as cache_module
+    import classifier_lib.data.cache as cache_module
 
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
     splits = find_splits(tiny_data)
@@ -278,7 +280,7 @@ def test_decoding_copies_batches_into_one_array_with_few_file_handles(tmp_path):
     script = (
         "import resource, sys; from pathlib import Path\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
-        "from classifier_lib.folders import FlatImageDataset, list_images\n"
+        "from classifier_lib.data.folders import FlatImageDataset, list_images\n"
         f"paths, _ = list_images(Path({str(tmp_path / 'imgs')!r}))\n"
         "images, kept, skipped = FlatImageDataset(paths, 8).decode_all(workers=2)\n"
         "assert images.shape == (600, 3, 8, 8) and kept == list(range(600)) and len(skipped) == 1, images.shape\n"
@@ -310,8 +312,9 @@ def test_derived_splits_are_rows_of_the_mapped_cache_not_copies(tmp_path, layout
         make_image(tmp_path / "extra" / "dog" / "x.png", (60, 200, 60), seed=99)
         options = {"extra_train_dir": str(tmp_path / "extra")}
     data = load_data(DataConfig(data_dir=str(root), image_size=16, **options))
-    mapped = {id(part) for split in (data.train, data.valid) if isinstance(split.images, ImageRows)
-              for part in split.images.parts}
+    mapped = {
+        id(part) for split in (data.train, data.valid) if isinstance(split.images, ImageRows) for part in split.images.parts
+    }
     assert isinstance(data.train.images, ImageRows) and mapped
     splits = find_splits(root)
     whole = load_split(splits.train, splits.class_names, 16).data  # the same entry, mapped again

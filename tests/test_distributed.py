@@ -1,4 +1,5 @@
 """Training with torchrun: DistributedDataParallel over gloo on the CPU, two processes."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import pytest
 from conftest import REAL_DATA, make_dataset, needs_real_data
 
 from classifier_lib.cli import main as cli_main
-from classifier_lib.data import batches
+from classifier_lib.data.dataset import batches
 
 TESTS = Path(__file__).resolve().parent
 
@@ -25,17 +26,45 @@ def torchrun(*args: str, processes: int = 2, timeout: int = 600) -> subprocess.C
 
 
 def tiny_train_args(data: Path, runs: Path, epochs: int) -> list[str]:
-    return ["-m", "classifier_lib", "train", "--data-dir", str(data), "--runs-dir", str(runs), "--epochs", str(epochs),
-            "--image-size", "32", "--batch-size", "8", "--lr", "0.05", "--set", "model.widths", "8,16",
-            "--set", "model.blocks", "1,1", "--set", "data.eval_size", "32", "--set", "data.workers", "1"]
+    return [
+        "-m",
+        "classifier_lib",
+        "train",
+        "--data-dir",
+        str(data),
+        "--runs-dir",
+        str(runs),
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.05",
+        "--set",
+        "model.widths",
+        "8,16",
+        "--set",
+        "model.blocks",
+        "1,1",
+        "--set",
+        "data.eval_size",
+        "32",
+        "--set",
+        "data.workers",
+        "1",
+    ]
 
 
 def test_ranks_take_disjoint_equal_shares_of_the_same_order():
     import torch
 
     data = list(range(37))
-    shares = [[batch for batch in batches(data, 4, torch.device("cpu"), torch.Generator().manual_seed(3), rank, 2)
-               .sampler] for rank in (0, 1)]
+    shares = [
+        [batch for batch in batches(data, 4, torch.device("cpu"), torch.Generator().manual_seed(3), rank, 2).sampler]
+        for rank in (0, 1)
+    ]
     assert len(shares[0]) == len(shares[1]) == 4  # 9 full batches: 8 used, 4 each
     flat = [i for share in shares for batch in share for i in batch]
     assert len(flat) == len(set(flat)) == 32
@@ -75,11 +104,26 @@ def test_torchrun_training_writes_one_run_from_rank_0_resumes_and_predicts(tmp_p
 @pytest.mark.slow
 def test_two_processes_learn_as_well_as_one_with_the_same_global_batch(tmp_path):
     """On a real subset, 2 processes x 32 images reach the single process's accuracy with 64, within noise."""
-    common = ["--data-dir", str(REAL_DATA), "--subset", "0.3", "--epochs", "12", "--image-size", "48",
-              "--set", "data.eval_size", "48"]
-    single = subprocess.run([sys.executable, "-m", "classifier_lib", "train", *common, "--batch-size", "64",
-                             "--runs-dir", str(tmp_path / "one")], capture_output=True, text=True, check=False,
-                            env=os.environ | {"CLASSIFIER_NO_BARS": "1"})
+    common = [
+        "--data-dir",
+        str(REAL_DATA),
+        "--subset",
+        "0.3",
+        "--epochs",
+        "12",
+        "--image-size",
+        "48",
+        "--set",
+        "data.eval_size",
+        "48",
+    ]
+    single = subprocess.run(
+        [sys.executable, "-m", "classifier_lib", "train", *common, "--batch-size", "64", "--runs-dir", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ | {"CLASSIFIER_NO_BARS": "1"},
+    )
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun("-m", "classifier_lib", "train", *common, "--batch-size", "32", "--runs-dir", str(tmp_path / "two"))
     one = json.loads((tmp_path / "one" / "version_0" / "metrics.json").read_text())["final_valid_acc"]
@@ -89,14 +133,19 @@ def test_two_processes_learn_as_well_as_one_with_the_same_global_batch(tmp_path)
 
 
 def test_the_pipeline_trains_with_torchrun_when_asked(tmp_path, monkeypatch):
-    from classifier_lib.pipeline import run_pipeline
+    from classifier_lib.workflow.pipeline import run_pipeline
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     data = make_dataset(tmp_path / "data")
-    parameters = {"epochs": 2, "image_size": 32, "nproc": 2,
-                  "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1], "data.eval_size": 32}}
-    run_dir = run_pipeline(data, parameters, steps=["02_training", "03_evaluation"], runs_root=tmp_path / "runs",
-                           reports_root=tmp_path / "reports")
+    parameters = {
+        "epochs": 2,
+        "image_size": 32,
+        "nproc": 2,
+        "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1], "data.eval_size": 32},
+    }
+    run_dir = run_pipeline(
+        data, parameters, steps=["02_training", "03_evaluation"], runs_root=tmp_path / "runs", reports_root=tmp_path / "reports"
+    )
     report = (tmp_path / "reports" / run_dir.name / "02_training.html").read_text()
     assert "2 processes, global batch" in report and "Traceback" not in report
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_done"] == 2

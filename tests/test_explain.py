@@ -1,10 +1,11 @@
 """explain.py on its own: forward hooks record the named layers, Grad-CAM points at the evidence."""
+
 import pytest
 import torch
 
 from classifier_lib.config import ModelConfig
-from classifier_lib.explain import conv_layers, grad_cam, record_activations, top_filters
-from classifier_lib.model import ResNet
+from classifier_lib.model.explain import conv_layers, grad_cam, record_activations, top_filters
+from classifier_lib.model.resnet import ResNet
 
 
 @pytest.fixture

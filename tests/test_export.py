@@ -1,4 +1,5 @@
 """Export to ONNX and TorchScript: checked against PyTorch before writing, usable without this package."""
+
 import csv
 import json
 import re
@@ -13,12 +14,13 @@ import torch
 from conftest import tiny_config
 from PIL import Image
 
-from classifier_lib import cli, export
-from classifier_lib.checkpoint import CheckpointError
-from classifier_lib.engine import train
-from classifier_lib.inference import Predictor
+from classifier_lib import cli
+from classifier_lib.inference import export
+from classifier_lib.inference.checkpoint import CheckpointError
+from classifier_lib.inference.predictor import Predictor
+from classifier_lib.training.engine import train
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DEPLOY_DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,7 @@ def test_cli_export_then_submit_with_onnxruntime_gives_the_same_csv(trained_run,
     out = capsys.readouterr().out
     assert re.search(r"parity on 18 validation images of .*Valid: max \|dp\| \S+, labels identical: True", out)
     assert "note: the file computes in fp32" in out and "multi-size TTA" not in out
-    assert cli.main(["submit", str(model), str(data / "Test"), "--backend", "onnxruntime",
-                     "-o", str(tmp_path / "onnx.csv")]) == 0
+    assert cli.main(["submit", str(model), str(data / "Test"), "--backend", "onnxruntime", "-o", str(tmp_path / "onnx.csv")]) == 0
     assert cli.main(["submit", str(result.last_checkpoint), str(data / "Test"), "-o", str(tmp_path / "torch.csv")]) == 0
     rows = [list(csv.reader((tmp_path / name).open())) for name in ("onnx.csv", "torch.csv")]
     assert rows[0] == rows[1] and len(rows[0]) == 7
@@ -94,11 +95,12 @@ def test_a_file_that_is_not_an_exported_model_is_a_clear_error(tmp_path, capsys)
 
 
 def test_the_readme_example_runs_without_this_package(trained_run, tmp_path):
-    """The README's few lines of onnxruntime + Pillow give the probabilities our predictor gives."""
+    """docs/deploy.md's few lines of onnxruntime + Pillow give the probabilities our predictor gives."""
     result, data = trained_run
     model = export.export(result.last_checkpoint, tmp_path / "model.onnx").path
-    example = re.search(r"```python\n(import json\nimport numpy as np\nimport onnxruntime.*?)```", README.read_text(),
-                        re.S).group(1)
+    example = re.search(
+        r"```python\n(import json\nimport numpy as np\nimport onnxruntime.*?)```", DEPLOY_DOC.read_text(), re.S
+    ).group(1)
     photo = next((data / "Valid" / "panda").iterdir())
     transparent = tmp_path / "transparent.png"  # a panda-blue square on a transparent canvas
     canvas = np.zeros((40, 40, 4), dtype=np.uint8)
@@ -111,8 +113,7 @@ def test_the_readme_example_runs_without_this_package(trained_run, tmp_path):
     for image in (photo, transparent, deep):
         script = example.replace('"model.onnx"', repr(str(model))).replace('"photo.jpg"', repr(str(image)))
         assert "classifier_lib" not in script
-        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                                   cwd=tmp_path)
+        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert completed.returncode == 0, completed.stderr[-2000:]
         label, confidence = completed.stdout.split()
         expected = predictor.predict(image)
@@ -123,8 +124,9 @@ def test_the_readme_example_runs_without_this_package(trained_run, tmp_path):
 
 def test_export_says_what_it_leaves_out(tiny_data, tmp_path, capsys):
     """Multi-size TTA is not in the file: the command says so, and the metadata names the decoding."""
-    run = train(tiny_config(tiny_data, **{"data.tta_sizes": 3, "data.eval_size": 48, "train.epochs": 1}),
-                runs_root=tmp_path / "runs")
+    run = train(
+        tiny_config(tiny_data, **{"data.tta_sizes": 3, "data.eval_size": 48, "train.epochs": 1}), runs_root=tmp_path / "runs"
+    )
     model = tmp_path / "model.onnx"
     assert cli.main(["export", str(run.last_checkpoint), "-o", str(model)]) == 0
     assert "note: multi-size TTA (data.tta_sizes 3) is not exported" in capsys.readouterr().out

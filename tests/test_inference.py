@@ -8,11 +8,11 @@ import torch
 from conftest import COLOURS, make_image
 
 from classifier_lib import cli
-from classifier_lib.checkpoint import CheckpointError
-from classifier_lib.evaluation import evaluate_checkpoint
-from classifier_lib.folders import find_splits
-from classifier_lib.images import load_image
-from classifier_lib.inference import Predictor, write_submission
+from classifier_lib.data.folders import find_splits
+from classifier_lib.data.images import load_image
+from classifier_lib.inference.checkpoint import CheckpointError
+from classifier_lib.inference.predictor import Predictor, write_submission
+from classifier_lib.report.evaluation import evaluate_checkpoint
 
 
 def test_predictions_are_deterministic(trained_run):
@@ -49,7 +49,7 @@ def test_preprocessing_matches_an_independent_reference_and_the_training_cache(t
     and exactly as the training cache did."""
     from PIL import Image, ImageOps
 
-    from classifier_lib.data import load_split
+    from classifier_lib.data.dataset import load_split
 
     result, data_dir = trained_run
     predictor = Predictor(result.best_checkpoint, device="cpu")
@@ -96,8 +96,28 @@ def test_evaluation_report_and_confusion(trained_run):
 
 
 def test_cli_train_evaluate_predict_submit(tiny_data, tmp_path, capsys):
-    assert cli.main(["train", "--data-dir", str(tiny_data), "--runs-dir", str(tmp_path / "runs"), "--epochs", "2",
-                     "--image-size", "32", "--set", "model.widths", "8,16", "--set", "model.blocks", "1,1"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data-dir",
+                str(tiny_data),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--epochs",
+                "2",
+                "--image-size",
+                "32",
+                "--set",
+                "model.widths",
+                "8,16",
+                "--set",
+                "model.blocks",
+                "1,1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "run folder:" in out
     best = tmp_path / "runs" / "version_0" / "checkpoints" / "best.pt"
@@ -112,8 +132,22 @@ def test_cli_train_evaluate_predict_submit(tiny_data, tmp_path, capsys):
 
 def test_cli_accepts_the_seed_flags(tiny_data):
     args = cli.build_parser().parse_args(
-        ["train", "--data-dir", str(tiny_data), "--epochs", "3", "--run-just-a-subset", "--half-precision",
-         "--use-scheduler", "--data-augmentation", "--init-learning-rate", "0.01", "--checkpoint-every", "2"])
+        [
+            "train",
+            "--data-dir",
+            str(tiny_data),
+            "--epochs",
+            "3",
+            "--run-just-a-subset",
+            "--half-precision",
+            "--use-scheduler",
+            "--data-augmentation",
+            "--init-learning-rate",
+            "0.01",
+            "--checkpoint-every",
+            "2",
+        ]
+    )
     config = cli.config_from_args(args)
     assert (config.train.epochs, config.data.subset, config.train.lr, config.train.checkpoint_every) == (3, 0.05, 0.01, 2)
     assert config.train.precision == "auto" and config.train.scheduler == "onecycle" and config.data.augment
@@ -126,7 +160,7 @@ def test_cli_missing_data_dir_is_a_clear_message(tmp_path, capsys):
 
 
 def test_submission_ids_never_become_spreadsheet_formulas(tmp_path):
-    from classifier_lib.inference import FolderPredictions
+    from classifier_lib.inference.base import FolderPredictions
 
     ids = ["=cmd|' /C calc'!A0.jpg", "+1.jpg", "-2.jpg", "@sum.jpg", "plain.jpg"]
     predictions = FolderPredictions(ids, torch.eye(3)[[0, 1, 2, 0, 1]], ["cat", "dog", "panda"], [])
@@ -137,7 +171,7 @@ def test_submission_ids_never_become_spreadsheet_formulas(tmp_path):
 
 
 def test_a_folder_of_only_unreadable_images_is_a_clear_error(trained_run, tmp_path):
-    from classifier_lib.folders import DataLayoutError
+    from classifier_lib.data.folders import DataLayoutError
 
     result, _ = trained_run
     (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
@@ -158,6 +192,7 @@ def test_evaluation_says_which_split_and_what_chose_the_checkpoint(trained_run):
 
 def test_cli_unexpected_errors_keep_their_traceback(tiny_data, monkeypatch, capsys):
     """A bug is not a user error: it must not shrink to one line (CUDA out-of-memory, a RuntimeError...)."""
+
     def broken(args):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -168,8 +203,9 @@ def test_cli_unexpected_errors_keep_their_traceback(tiny_data, monkeypatch, caps
 
 def test_cli_expected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: checkpoint {tmp_path} is a folder; give a checkpoint file "
-                                               f"in it, e.g. {tmp_path / 'last.pt'}")
+    assert capsys.readouterr().err.strip() == (
+        f"error: checkpoint {tmp_path} is a folder; give a checkpoint file in it, e.g. {tmp_path / 'last.pt'}"
+    )
     with pytest.raises(CheckpointError):
         cli.main(["--debug", "evaluate", str(tmp_path)])
 
@@ -184,8 +220,28 @@ def test_cli_evaluate_on_the_held_out_part_of_train_without_valid(tmp_path, caps
     from conftest import make_dataset
 
     data = make_dataset(tmp_path / "data", per_class=(10, 0), valid=False)
-    assert cli.main(["train", "--data-dir", str(data), "--runs-dir", str(tmp_path / "runs"), "--epochs", "1",
-                     "--image-size", "32", "--set", "model.widths", "8,16", "--set", "model.blocks", "1,1"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--data-dir",
+                str(data),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--epochs",
+                "1",
+                "--image-size",
+                "32",
+                "--set",
+                "model.widths",
+                "8,16",
+                "--set",
+                "model.blocks",
+                "1,1",
+            ]
+        )
+        == 0
+    )
     last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.pt"
     capsys.readouterr()
     assert cli.main(["evaluate", str(last), "--json"]) == 0
@@ -197,7 +253,7 @@ def test_cli_evaluate_on_the_held_out_part_of_train_without_valid(tmp_path, caps
 
 def test_clear_cache_command(tiny_data, tmp_path, capsys):
     from classifier_lib.config import DataConfig
-    from classifier_lib.data import load_data
+    from classifier_lib.data.dataset import load_data
 
     load_data(DataConfig(data_dir=str(tiny_data), image_size=16))
     assert cli.main(["clear-cache"]) == 0
@@ -224,12 +280,17 @@ def test_folder_prediction_streams_a_batch_at_a_time(trained_run, tmp_path):
 def test_an_ensemble_file_predicts_the_average_of_its_members(tiny_data, tmp_path, capsys):
     from conftest import tiny_config
 
-    from classifier_lib.engine import train
+    from classifier_lib.training.engine import train
 
     # without flip TTA: each view's probabilities are averaged over the members exactly (with TTA the
     # views are then averaged on the log scale, as logits are)
-    members = [train(tiny_config(tiny_data, **{"system.seed": seed, "train.epochs": 2, "data.flip_tta": False}),
-                     runs_root=tmp_path / "runs").last_checkpoint for seed in (0, 1)]
+    members = [
+        train(
+            tiny_config(tiny_data, **{"system.seed": seed, "train.epochs": 2, "data.flip_tta": False}),
+            runs_root=tmp_path / "runs",
+        ).last_checkpoint
+        for seed in (0, 1)
+    ]
     ensemble = tmp_path / "ensemble.pt"
     assert cli.main(["ensemble", *map(str, members), "-o", str(ensemble)]) == 0
     images = find_splits(tiny_data)
@@ -247,18 +308,20 @@ def test_an_ensemble_file_predicts_the_average_of_its_members(tiny_data, tmp_pat
 def test_an_ensemble_refuses_members_that_do_not_match(trained_run, tiny_data, tmp_path):
     from conftest import tiny_config
 
-    from classifier_lib.engine import train
-    from classifier_lib.ensemble import make_ensemble
+    from classifier_lib.inference.ensembles import make_ensemble
+    from classifier_lib.training.engine import train
 
     result, _ = trained_run
-    other_size = train(tiny_config(tiny_data, **{"data.image_size": 48, "data.eval_size": 48, "train.epochs": 1}),
-                       runs_root=tmp_path / "runs").last_checkpoint
+    other_size = train(
+        tiny_config(tiny_data, **{"data.image_size": 48, "data.eval_size": 48, "train.epochs": 1}), runs_root=tmp_path / "runs"
+    ).last_checkpoint
     with pytest.raises(CheckpointError, match="differ in decode size"):
         make_ensemble([result.last_checkpoint, other_size], tmp_path / "e.pt")
     with pytest.raises(CheckpointError, match="at least two"):
         make_ensemble([result.last_checkpoint], tmp_path / "e.pt")
-    no_flip = train(tiny_config(tiny_data, **{"data.flip_tta": False, "train.epochs": 1}),
-                    runs_root=tmp_path / "runs").last_checkpoint
+    no_flip = train(
+        tiny_config(tiny_data, **{"data.flip_tta": False, "train.epochs": 1}), runs_root=tmp_path / "runs"
+    ).last_checkpoint
     with pytest.raises(CheckpointError, match="differ in flip TTA"):  # it was silently replaced by the first's
         make_ensemble([result.last_checkpoint, no_flip], tmp_path / "e.pt")
     pair = make_ensemble([result.last_checkpoint, result.best_checkpoint], tmp_path / "pair.pt")
@@ -273,8 +336,8 @@ def test_an_ensemble_that_trained_on_validation_images_says_so(tmp_path, second,
     seen validation images: evaluating the ensemble is no score, and the report says so."""
     from conftest import make_dataset, tiny_config
 
-    from classifier_lib.engine import train
-    from classifier_lib.ensemble import make_ensemble
+    from classifier_lib.inference.ensembles import make_ensemble
+    from classifier_lib.training.engine import train
 
     data = make_dataset(tmp_path / "data", per_class=(10, 4), valid=second == "train_on_all")
     first = train(tiny_config(data, **{"train.epochs": 1}), runs_root=tmp_path / "runs").last_checkpoint
@@ -293,9 +356,9 @@ def test_an_ensemble_that_trained_on_validation_images_says_so(tmp_path, second,
 def test_every_cell_of_a_submission_is_guarded_unless_asked_not_to(tmp_path):
     """A class named like a formula reached the label column and the probability header unguarded; ids
     that a grader compares can be written exactly."""
-    from classifier_lib.inference import FolderPredictions
+    from classifier_lib.inference.base import FolderPredictions
 
-    formula = "=HYPERLINK(\"http://x\")"
+    formula = '=HYPERLINK("http://x")'
     predictions = FolderPredictions(["-1.jpg", "a.jpg"], torch.tensor([[0.9, 0.1], [0.2, 0.8]]), [formula, "cat"], [])
     guarded, probs = write_submission(predictions, tmp_path / "guarded.csv")
     rows = list(csv.reader(guarded.open()))
@@ -324,7 +387,7 @@ def test_evaluation_says_when_the_rebuilt_split_is_not_the_one_training_held_out
     and the evaluation no longer matches the recorded validation files: it says so instead of a silent score."""
     from conftest import make_dataset, tiny_config
 
-    from classifier_lib.engine import train
+    from classifier_lib.training.engine import train
 
     data = make_dataset(tmp_path / "data", per_class=(10, 0), valid=False)
     last = train(tiny_config(data, **{"train.epochs": 1}), runs_root=tmp_path / "runs").last_checkpoint

@@ -1,4 +1,5 @@
 """A short training run on the real data set: the whole command, end to end."""
+
 import json
 import math
 import subprocess
@@ -14,8 +15,7 @@ from classifier_lib import cli
 @needs_real_data
 @pytest.mark.slow
 def test_train_two_epochs_on_a_subset_of_the_real_data(tmp_path, capsys):
-    code = cli.main(["train", "--data-dir", str(REAL_DATA), "--runs-dir", str(tmp_path), "--epochs", "2",
-                     "--subset", "0.1"])
+    code = cli.main(["train", "--data-dir", str(REAL_DATA), "--runs-dir", str(tmp_path), "--epochs", "2", "--subset", "0.1"])
     assert code == 0
     run = tmp_path / "version_0"
     assert f"run folder: {run}" in capsys.readouterr().out
@@ -43,8 +43,7 @@ def test_benchmark_scripts_start(script):
 @needs_real_data
 @pytest.mark.slow
 def test_export_of_a_real_model_matches_pytorch_on_the_real_validation_images(tmp_path, capsys):
-    assert cli.main(["train", "--data-dir", str(REAL_DATA), "--runs-dir", str(tmp_path), "--epochs", "1",
-                     "--subset", "0.1"]) == 0
+    assert cli.main(["train", "--data-dir", str(REAL_DATA), "--runs-dir", str(tmp_path), "--epochs", "1", "--subset", "0.1"]) == 0
     last = tmp_path / "version_0" / "checkpoints" / "last.pt"
     capsys.readouterr()
     assert cli.main(["export", str(last), "-o", str(tmp_path / "model.onnx")]) == 0

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from classifier_lib.config import ConfigError, ModelConfig
-from classifier_lib.model import ResNet, count_parameters, flops_per_image, summary, whiten_stem
+from classifier_lib.model.resnet import ResNet, count_parameters, flops_per_image, summary, whiten_stem
 
 
 @pytest.mark.parametrize("size", [32, 64, 97, 160])

@@ -1,4 +1,5 @@
 """The committed notebooks: clean, parameterised, and runnable end to end by the pipeline."""
+
 import json
 import re
 import subprocess
@@ -13,9 +14,9 @@ import torch
 from browser import browser_page
 from conftest import REAL_DATA, make_dataset, needs_real_data
 
-from classifier_lib.inference import Predictor
-from classifier_lib.pipeline import PIPELINE, LineEcho, PipelineError, check_parameters, run_pipeline, select_steps
-from classifier_lib.widgets import ImageTester
+from classifier_lib.inference.predictor import Predictor
+from classifier_lib.report.widgets import ImageTester
+from classifier_lib.workflow.pipeline import PIPELINE, LineEcho, PipelineError, check_parameters, run_pipeline, select_steps
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +62,15 @@ def test_image_tester_predicts_an_uploaded_image(trained_run):
     tester = ImageTester(runs_root=result.run_dir.parent, data_dir=data_dir)
     assert tester.checkpoint.value.endswith("last.pt")  # not chosen on Valid: the default
     image = next((data_dir / "Valid" / "panda").iterdir())
-    tester.upload.value = ({"name": image.name, "type": "image/png", "size": image.stat().st_size,
-                            "content": memoryview(image.read_bytes()),
-                            "last_modified": datetime.now(timezone.utc)},)
+    tester.upload.value = (
+        {
+            "name": image.name,
+            "type": "image/png",
+            "size": image.stat().st_size,
+            "content": memoryview(image.read_bytes()),
+            "last_modified": datetime.now(timezone.utc),
+        },
+    )
     assert tester.last_prediction.label == "panda"
     assert "panda" in tester.result.value
     shown = tester.output.outputs
@@ -127,8 +134,9 @@ def test_fast_pipeline_on_a_generated_folder_without_valid_or_test(tmp_path, cap
     data = make_dataset(tmp_path / "data", per_class=(12, 0), valid=False, test=0)
     assert not (data / "Test").exists()
     runs, reports = tmp_path / "runs", tmp_path / "reports"
-    run_dir = run_pipeline(data, {"epochs": 2, "image_size": 32, "overrides": {"data.eval_size": 64}},
-                           runs_root=runs, reports_root=reports)
+    run_dir = run_pipeline(
+        data, {"epochs": 2, "image_size": 32, "overrides": {"data.eval_size": 64}}, runs_root=runs, reports_root=reports
+    )
     assert "epoch   2/2  train loss" in capsys.readouterr().out  # training's lines shown as it runs
     for name in PIPELINE[:-1]:
         page = (reports / run_dir.name / f"{name}.html").read_text()
@@ -175,29 +183,48 @@ def test_reports_open_in_a_browser_with_their_figures_and_no_errors(quick_pipeli
 def test_failing_notebook_names_the_cell_and_keeps_a_partial_report(tmp_path):
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    broken = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("data_dir = ''\nrun_dir = ''", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("print('fine so far')"),
-        nbformat.v4.new_code_cell("raise ValueError('deliberate failure')"),
-    ])
+    broken = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("data_dir = ''\nrun_dir = ''", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("print('fine so far')"),
+            nbformat.v4.new_code_cell("raise ValueError('deliberate failure')"),
+        ]
+    )
     broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(broken, notebooks / "01_data_stats.ipynb")
     with pytest.raises(PipelineError) as failure:
-        run_pipeline(tmp_path, steps=["01_data_stats"], runs_root=tmp_path / "runs",
-                     reports_root=tmp_path / "reports", notebooks_dir=notebooks)
+        run_pipeline(
+            tmp_path,
+            steps=["01_data_stats"],
+            runs_root=tmp_path / "runs",
+            reports_root=tmp_path / "reports",
+            notebooks_dir=notebooks,
+        )
     executed = nbformat.read(tmp_path / "runs" / "version_0" / "notebooks" / "01_data_stats.ipynb", as_version=4)
     failed = [c for c in executed.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert len(failed) == 1 and "deliberate" in failed[0].source  # the cell the message must name
-    assert f"01_data_stats failed in cell [{failed[0].execution_count}]: ValueError: deliberate failure" in str(
-        failure.value)
+    assert f"01_data_stats failed in cell [{failed[0].execution_count}]: ValueError: deliberate failure" in str(failure.value)
     partial = (tmp_path / "reports" / "version_0" / "01_data_stats.html").read_text()
     assert "fine so far" in partial and "deliberate failure" in partial
 
 
 def test_run_pipeline_script_exits_non_zero_on_bad_parameter(tmp_path):
-    completed = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "--data-dir", str(tmp_path),
-                                "-p", "epochz", "3", "--runs-dir", str(tmp_path / "runs")],
-                               capture_output=True, text=True, cwd=tmp_path)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_pipeline.py"),
+            "--data-dir",
+            str(tmp_path),
+            "-p",
+            "epochz",
+            "3",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert completed.returncode == 1 and "unknown parameter(s) ['epochz']" in completed.stderr
 
 
@@ -222,9 +249,14 @@ def test_image_tester_notebook_executes(trained_run, tmp_path):
     result, data_dir = trained_run
     source = [p for p in NOTEBOOKS if p.stem == "06_image_tester"][0]
     executed = tmp_path / "06.ipynb"
-    papermill.execute_notebook(str(source), str(executed), kernel_name="python3", progress_bar=False,
-                               parameters={"data_dir": str(data_dir), "runs_dir": str(result.run_dir.parent)},
-                               cwd=str(source.parent))
+    papermill.execute_notebook(
+        str(source),
+        str(executed),
+        kernel_name="python3",
+        progress_bar=False,
+        parameters={"data_dir": str(data_dir), "runs_dir": str(result.run_dir.parent)},
+        cwd=str(source.parent),
+    )
     outputs = [o for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
 
@@ -250,7 +282,7 @@ def test_image_tester_escapes_names_from_a_crafted_checkpoint(trained_run, tmp_p
 
 
 def test_report_index_escapes_run_names(tmp_path):
-    from classifier_lib.report_index import write_index
+    from classifier_lib.report.index import write_index
 
     run = tmp_path / "runs" / "version_0"
     run.mkdir(parents=True)
@@ -268,8 +300,12 @@ def test_overrides_reach_the_training_notebook_and_unknown_keys_are_refused(tmp_
     with pytest.raises(PipelineError, match="train.epochs must be at least 1"):
         check_parameters({"overrides": {"train.epochs": 0}}, [p for p in NOTEBOOKS if p.stem in PIPELINE])
     data = make_dataset(tmp_path / "data")
-    run_dir = run_pipeline(data, {"epochs": 1, "image_size": 32, "overrides": {"train.ema_decay": 0.0,
-                                                                               "model.widths": [8, 16, 32, 64]}},
-                           steps=["02_training"], runs_root=tmp_path / "runs", reports_root=tmp_path / "reports")
+    run_dir = run_pipeline(
+        data,
+        {"epochs": 1, "image_size": 32, "overrides": {"train.ema_decay": 0.0, "model.widths": [8, 16, 32, 64]}},
+        steps=["02_training"],
+        runs_root=tmp_path / "runs",
+        reports_root=tmp_path / "reports",
+    )
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["ema_decay"] == 0.0 and config["model"]["widths"] == [8, 16, 32, 64]

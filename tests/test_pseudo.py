@@ -1,4 +1,5 @@
 """Pseudo-labels from unlabelled images, and an extra training folder for the student."""
+
 from __future__ import annotations
 
 import csv
@@ -12,11 +13,11 @@ from conftest import make_image, tiny_config
 
 from classifier_lib.cli import main as cli_main
 from classifier_lib.config import DataConfig
-from classifier_lib.data import load_data, load_split
-from classifier_lib.engine import train
-from classifier_lib.folders import DataLayoutError
-from classifier_lib.inference import Predictor
-from classifier_lib.pseudo import pseudo_label
+from classifier_lib.data.dataset import load_data, load_split
+from classifier_lib.data.folders import DataLayoutError
+from classifier_lib.inference.predictor import Predictor
+from classifier_lib.inference.pseudo import pseudo_label
+from classifier_lib.training.engine import train
 
 
 def read_rows(out_dir: Path) -> list[dict]:
@@ -76,8 +77,17 @@ def test_extra_folder_with_an_unknown_class_is_refused(tiny_data, tmp_path):
 def test_teacher_to_student_from_the_command_line(trained_run, tmp_path, capsys):
     result, data_dir = trained_run
     out = tmp_path / "pseudo"
-    code = cli_main(["pseudo-label", str(result.run_dir / "checkpoints" / "last.pt"), str(data_dir / "Test"),
-                     "-o", str(out), "--threshold", "0.34"])  # above 1/3: a 3-class model's top label always passes
+    code = cli_main(
+        [
+            "pseudo-label",
+            str(result.run_dir / "checkpoints" / "last.pt"),
+            str(data_dir / "Test"),
+            "-o",
+            str(out),
+            "--threshold",
+            "0.34",
+        ]
+    )  # above 1/3: a 3-class model's top label always passes
     assert code == 0 and "data.extra_train_dir" in capsys.readouterr().out
     assert len(list(out.rglob("*.png"))) == len(read_rows(out)) == 6
     train(tiny_config(data_dir, **{"data.extra_train_dir": str(out), "train.epochs": 1}), runs_root=tmp_path / "runs")
@@ -91,7 +101,9 @@ def test_nested_and_flattened_names_never_collide(trained_run, tmp_path):
     make_image(tmp_path / "unlabelled" / "a__b.png", (200, 60, 60), seed=2)
     out = pseudo_label(result.run_dir / "checkpoints" / "last.pt", tmp_path / "unlabelled", tmp_path / "p", 1e-6)
     assert sorted(p.relative_to(out.out_dir).as_posix().split("/", 1)[1] for p in out.out_dir.rglob("*.png")) == [
-        "a/b.png", "a__b.png"]
+        "a/b.png",
+        "a__b.png",
+    ]
     assert sum(out.kept.values()) == 2
 
 

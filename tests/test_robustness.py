@@ -1,4 +1,5 @@
 """Bad input, interrupted work and untrusted files end in a clear message or a counted skip."""
+
 import os
 import signal
 import subprocess
@@ -13,23 +14,27 @@ from conftest import COLOURS, make_dataset, make_image, tiny_config
 from PIL import Image
 
 from classifier_lib import cli
-from classifier_lib.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from classifier_lib.config import DataConfig
-from classifier_lib.data import load_data
-from classifier_lib.engine import train
-from classifier_lib.folders import DataLayoutError, find_splits
-from classifier_lib.images import MAX_PIXELS, UnreadableImage, load_image
-from classifier_lib.inference import Predictor
+from classifier_lib.data.dataset import load_data
+from classifier_lib.data.folders import DataLayoutError, find_splits
+from classifier_lib.data.images import MAX_PIXELS, UnreadableImage, load_image
+from classifier_lib.inference.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from classifier_lib.inference.predictor import Predictor
+from classifier_lib.training.engine import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- single files -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "not an image file"),
-    (b"just some text, not a JPEG", "not an image file"),
-])
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "not an image file"),
+        (b"just some text, not a JPEG", "not an image file"),
+    ],
+)
 def test_empty_and_text_files_are_refused_with_the_path(tmp_path, content, reason):
     path = tmp_path / "photo.jpg"
     path.write_bytes(content)
@@ -48,15 +53,18 @@ def test_truncated_jpeg_is_refused(tmp_path):
 ORANGE = (220, 120, 30)
 
 
-@pytest.mark.parametrize("mode, expected, tolerance", [
-    ("RGB", ORANGE, 2),
-    ("P", ORANGE, 12),  # a palette keeps the colour up to quantisation
-    ("RGBA", ORANGE, 2),  # opaque alpha: the colour itself
-    ("CMYK", ORANGE, 12),  # JPEG in CMYK: the same colour back in RGB
-    ("L", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 2),  # greyscale: luminance in all three channels
-    ("LA", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 2),
-    ("1", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 8),  # 1-bit: dithered black and white, same mean
-])
+@pytest.mark.parametrize(
+    "mode, expected, tolerance",
+    [
+        ("RGB", ORANGE, 2),
+        ("P", ORANGE, 12),  # a palette keeps the colour up to quantisation
+        ("RGBA", ORANGE, 2),  # opaque alpha: the colour itself
+        ("CMYK", ORANGE, 12),  # JPEG in CMYK: the same colour back in RGB
+        ("L", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 2),  # greyscale: luminance in all three channels
+        ("LA", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 2),
+        ("1", (round(0.299 * 220 + 0.587 * 120 + 0.114 * 30),) * 3, 8),  # 1-bit: dithered black and white, same mean
+    ],
+)
 def test_colour_modes_become_the_right_rgb_colours(tmp_path, mode, expected, tolerance):
     suffix = ".jpg" if mode == "CMYK" else ".png"
     path = tmp_path / f"image{suffix}"
@@ -102,7 +110,7 @@ def test_one_pixel_image_is_upscaled(tmp_path):
 
 def test_huge_image_is_refused_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
-    side = int(MAX_PIXELS ** 0.5) + 100
+    side = int(MAX_PIXELS**0.5) + 100
     Image.new("1", (side, side)).save(path)  # 1-bit: small file, huge decoded size
     with pytest.raises(UnreadableImage, match="pixel limit"):
         load_image(path, 32)
@@ -120,6 +128,7 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 
 # --- folders ----------------------------------------------------------------------------------
+
 
 def test_bad_files_in_class_folders_are_skipped_and_counted(tmp_path):
     root = make_dataset(tmp_path / "data")
@@ -191,6 +200,7 @@ def test_submission_lists_readable_and_reports_unreadable_test_files(trained_run
 
 # --- checkpoints ------------------------------------------------------------------------------
 
+
 def test_truncated_checkpoint(trained_run, tmp_path):
     result, _ = trained_run
     broken = tmp_path / "broken.pt"
@@ -254,7 +264,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_training_survives_a_failed_save_and_says_so(tiny_data, tmp_path, monkeypatch, capsys):
-    from classifier_lib import trainer
+    from classifier_lib.training import trainer
 
     def disk_full(path, state):
         raise OSError(28, "No space left on device")
@@ -267,11 +277,39 @@ def test_training_survives_a_failed_save_and_says_so(tiny_data, tmp_path, monkey
 
 # --- interrupted work -------------------------------------------------------------------------
 
+
 def _train_command(data_dir, runs, epochs, *extra):
-    return [sys.executable, "-m", "classifier_lib", "train", "--data-dir", str(data_dir), "--runs-dir", str(runs),
-            "--epochs", str(epochs), "--image-size", "32", "--batch-size", "8", "--lr", "0.05",
-            "--set", "model.widths", "8,16", "--set", "model.blocks", "1,1", "--set", "system.threads", "1",
-            "--set", "data.workers", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "classifier_lib",
+        "train",
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs),
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.05",
+        "--set",
+        "model.widths",
+        "8,16",
+        "--set",
+        "model.blocks",
+        "1,1",
+        "--set",
+        "system.threads",
+        "1",
+        "--set",
+        "data.workers",
+        "1",
+        *extra,
+    ]
 
 
 def _wait_for(path: Path, process, timeout=120):
@@ -293,8 +331,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(slow_data, tmp_path):
 
     env = os.environ | {"TQDM_DISABLE": "1"}
     subprocess.run(_train_command(slow_data, tmp_path / "full", 6), check=True, env=env, capture_output=True)
-    process = subprocess.Popen(_train_command(slow_data, tmp_path / "killed", 6), env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        _train_command(slow_data, tmp_path / "killed", 6), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     run = tmp_path / "killed" / "version_0"
     _wait_for(run / "metrics.json", process)
     while len(json.loads((run / "metrics.json").read_text())["history"]) < 2:
@@ -304,14 +343,20 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(slow_data, tmp_path):
     process.wait()
     done = len(json.loads((run / "metrics.json").read_text())["history"])
     assert done < 6, "training finished before it could be killed"
-    resumed = subprocess.run(_train_command(slow_data, tmp_path / "unused", 6, "--resume",
-                                            str(run / "checkpoints" / "last.pt")),
-                             env=env, capture_output=True, text=True)
+    resumed = subprocess.run(
+        _train_command(slow_data, tmp_path / "unused", 6, "--resume", str(run / "checkpoints" / "last.pt")),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {run / 'checkpoints' / 'last.pt'} after epoch {done}" in resumed.stdout
     full = json.loads((tmp_path / "full" / "version_0" / "metrics.json").read_text())["history"]
     after = json.loads((run / "metrics.json").read_text())["history"]
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+
     assert strip(after) == strip(full)
 
 
@@ -321,9 +366,14 @@ def test_ctrl_c_keeps_last_checkpoint_and_prints_the_resume_command(slow_data, t
     env = os.environ | {"TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     # A shell starts background jobs with SIGINT ignored (`nohup make test &`), and Python then keeps
     # ignoring it: give the child the default disposition, as a terminal's Ctrl-C would find it.
-    process = subprocess.Popen(_train_command(slow_data, tmp_path / "runs", 50), env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        _train_command(slow_data, tmp_path / "runs", 50),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     run = tmp_path / "runs" / "version_0"
     _wait_for(run / "metrics.json", process)
     process.send_signal(signal.SIGINT)
@@ -337,9 +387,7 @@ def test_ctrl_c_keeps_last_checkpoint_and_prints_the_resume_command(slow_data, t
 
 def test_a_log_file_gets_epoch_lines_not_progress_bars(tiny_data, tmp_path):
     """Written to a file (CI, nohup), training prints one line per epoch and no bar refreshes."""
-    completed = subprocess.run(_train_command(tiny_data, tmp_path / "runs", 3), capture_output=True, text=True,
-                               timeout=300)
+    completed = subprocess.run(_train_command(tiny_data, tmp_path / "runs", 3), capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "\r" not in completed.stdout + completed.stderr
-    assert [line.split()[1] for line in completed.stdout.splitlines() if line.startswith("epoch")] == \
-        ["1/3", "2/3", "3/3"]
+    assert [line.split()[1] for line in completed.stdout.splitlines() if line.startswith("epoch")] == ["1/3", "2/3", "3/3"]

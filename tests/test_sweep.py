@@ -1,4 +1,5 @@
 """Sweeps (one pipeline run per combination, resumable) and the run comparison page, on tiny generated data."""
+
 from __future__ import annotations
 
 import fcntl
@@ -8,11 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import make_dataset
 
-import classifier_lib.sweep as sweep_module
-from classifier_lib.compare import comparison_table, differences_from_default, differing_keys, flat_config, load_run
-from classifier_lib.pipeline import PipelineError
+import classifier_lib.workflow.sweep as sweep_module
 from classifier_lib.presets import preset_config
-from classifier_lib.sweep import combinations, default_name, notebook_parameters, parse_axes, run_sweep
+from classifier_lib.report.runs_table import comparison_table, differences_from_default, differing_keys, flat_config, load_run
+from classifier_lib.workflow.pipeline import PipelineError
+from classifier_lib.workflow.sweep import combinations, default_name, notebook_parameters, parse_axes, run_sweep
 
 
 def test_axes_and_their_combinations():
@@ -103,8 +104,15 @@ def test_sweep_runs_each_combination_resumes_after_a_failure_and_compares(tmp_pa
 def test_the_default_sweep_name_covers_everything_that_defines_the_runs():
     axes = {"lr": [0.1, 0.2]}
     settings = {"data_dir": "/data/a", "parameters": {"epochs": 2}, "quick": False, "steps": ["02_training"]}
-    names = {default_name(axes, settings)} | {default_name(axes, settings | {key: value}) for key, value in (
-        ("data_dir", "/data/b"), ("parameters", {"epochs": 3}), ("parameters", {"preset": "fast"}), ("quick", True))}
+    names = {default_name(axes, settings)} | {
+        default_name(axes, settings | {key: value})
+        for key, value in (
+            ("data_dir", "/data/b"),
+            ("parameters", {"epochs": 3}),
+            ("parameters", {"preset": "fast"}),
+            ("quick", True),
+        )
+    }
     assert len(names) == 5 and all(name.startswith("lr-") for name in names)
 
 
@@ -122,11 +130,12 @@ def test_compare_any_runs_from_the_command_line(tiny_data, tmp_path, capsys):
     from conftest import tiny_config
 
     import run_pipeline
-    from classifier_lib.engine import train
+    from classifier_lib.training.engine import train
 
     runs = [train(tiny_config(tiny_data, **{"train.lr": lr}), runs_root=tmp_path / "runs").run_dir for lr in (0.05, 0.1)]
-    code = run_pipeline.main(["--compare", *map(str, runs), "--runs-dir", str(tmp_path / "runs"),
-                              "--reports-dir", str(tmp_path / "reports")])
+    code = run_pipeline.main(
+        ["--compare", *map(str, runs), "--runs-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports")]
+    )
     assert code == 0
     page = tmp_path / "reports" / "compare" / "version_0-version_1.html"
     html = page.read_text()
@@ -141,13 +150,14 @@ def test_the_comparison_page_escapes_class_and_setting_names(tmp_path):
     """pandas' Styler writes cells and labels as markup: a class folder named like an HTML tag ran in the page."""
     from conftest import tiny_config
 
-    from classifier_lib.engine import train
-    from classifier_lib.pipeline import compare_runs
+    from classifier_lib.training.engine import train
+    from classifier_lib.workflow.pipeline import compare_runs
 
     evil = "<img src=x onerror=alert(1)>"
     data = make_dataset(tmp_path / "data", per_class=(8, 4), test=0, classes={"cat": (200, 60, 60), evil: (60, 60, 200)})
-    runs = [train(tiny_config(data, **{"train.lr": lr, "train.epochs": 1}), runs_root=tmp_path / "runs").run_dir
-            for lr in (0.05, 0.1)]
+    runs = [
+        train(tiny_config(data, **{"train.lr": lr, "train.epochs": 1}), runs_root=tmp_path / "runs").run_dir for lr in (0.05, 0.1)
+    ]
     html = compare_runs(runs, "evil", tmp_path / "runs", tmp_path / "reports").read_text()
     assert "Accuracy per class" in html and "Traceback" not in html
     # nbconvert re-serialises markup (`<img alt=... onerror="alert(1)" src="x"/>`): look for the live attribute

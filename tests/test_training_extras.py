@@ -1,4 +1,5 @@
 """Early stopping, the learning-rate finder and TensorBoard's figures, on tiny generated data."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,14 @@ import torch
 from conftest import tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from classifier_lib import plots
-from classifier_lib.checkpoint import read_checkpoint
 from classifier_lib.cli import main as cli_main
 from classifier_lib.config import ConfigError
-from classifier_lib.data import batches, load_data
-from classifier_lib.engine import early_stop_reason, train
-from classifier_lib.lr_finder import find_lr, suggest
-from classifier_lib.trainer import Trainer
+from classifier_lib.data.dataset import batches, load_data
+from classifier_lib.inference.checkpoint import read_checkpoint
+from classifier_lib.report import plots
+from classifier_lib.training.engine import early_stop_reason, train
+from classifier_lib.training.lr_finder import find_lr, suggest
+from classifier_lib.training.trainer import Trainer
 
 
 def rows(values, metric="valid_loss"):
@@ -41,7 +42,8 @@ def test_early_stop_counts_epochs_between_validations():
     # validated every second epoch: the best loss at epoch 2, no better at 4 and 6
     history = [{"epoch": e} | ({"valid_loss": {2: 0.8, 4: 0.9, 6: 0.85}[e]} if e % 2 == 0 else {}) for e in range(1, 8)]
     assert early_stop_reason(history[:6], patience=4, monitor="valid_loss").startswith(
-        "early stopping after epoch 6: valid_loss has not improved for 4 epochs (best 0.8000 at epoch 2)")
+        "early stopping after epoch 6: valid_loss has not improved for 4 epochs (best 0.8000 at epoch 2)"
+    )
     assert early_stop_reason(history[:6], patience=5, monitor="valid_loss") == ""
     assert early_stop_reason(history, patience=4, monitor="valid_loss") == ""  # epoch 7 has no validation to judge
 
@@ -82,8 +84,17 @@ def test_validate_every_must_be_positive(tiny_data):
 
 def test_training_stops_early_and_says_why(tiny_data, tmp_path):
     # with the learning rate at zero nothing improves after the first epoch
-    config = tiny_config(tiny_data, **{"train.epochs": 10, "train.patience": 2, "train.lr": 1e-12,
-                                       "train.scheduler": "none", "train.ema_decay": 0, "data.augment": False})
+    config = tiny_config(
+        tiny_data,
+        **{
+            "train.epochs": 10,
+            "train.patience": 2,
+            "train.lr": 1e-12,
+            "train.scheduler": "none",
+            "train.ema_decay": 0,
+            "data.augment": False,
+        },
+    )
     result = train(config, runs_root=tmp_path / "runs")
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert len(result.history) < 10
@@ -134,9 +145,28 @@ def test_lr_finder_sweeps_exponentially_and_stops_when_the_loss_explodes(tiny_da
 
 def test_lr_find_command_saves_the_plot(tiny_data, tmp_path, capsys):
     plot = tmp_path / "lr.png"
-    code = cli_main(["lr-find", "--data-dir", str(tiny_data), "--steps", "12", "-o", str(plot),
-                     "--set", "model.widths", "8,16", "--set", "model.blocks", "1,1", "--set", "data.image_size", "32",
-                     "--batch-size", "8"])
+    code = cli_main(
+        [
+            "lr-find",
+            "--data-dir",
+            str(tiny_data),
+            "--steps",
+            "12",
+            "-o",
+            str(plot),
+            "--set",
+            "model.widths",
+            "8,16",
+            "--set",
+            "model.blocks",
+            "1,1",
+            "--set",
+            "data.image_size",
+            "32",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert code == 0 and plot.stat().st_size > 1000
     assert "steepest descent" in capsys.readouterr().out
 
@@ -149,13 +179,15 @@ def test_lr_finder_refuses_a_backwards_range(tiny_data):
 def test_a_whitening_stem_is_set_from_the_data_and_never_trained(tiny_data, tmp_path):
     config = tiny_config(tiny_data, **{"model.whiten_stem": True, "train.epochs": 2, "train.checkpoint_every": 1})
     result = train(config, runs_root=tmp_path)
-    first, last = (read_checkpoint(result.run_dir / "checkpoints" / name)["model"]["stem.0.weight"]
-                   for name in ("epoch_001.pt", "last.pt"))
+    first, last = (
+        read_checkpoint(result.run_dir / "checkpoints" / name)["model"]["stem.0.weight"] for name in ("epoch_001.pt", "last.pt")
+    )
     half = len(last) // 2
     assert torch.equal(last[half:], -last[:half])  # whitening filters beside their negations
     assert torch.equal(first, last)  # frozen: training never moved them
-    assert not torch.equal(read_checkpoint(result.last_checkpoint)["model"]["stem.1.weight"],
-                           torch.ones(half * 2))  # while the BatchNorm after it did learn
+    assert not torch.equal(
+        read_checkpoint(result.last_checkpoint)["model"]["stem.1.weight"], torch.ones(half * 2)
+    )  # while the BatchNorm after it did learn
 
 
 def test_a_whitening_stem_needs_an_even_first_width(tiny_data):
@@ -164,15 +196,18 @@ def test_a_whitening_stem_needs_an_even_first_width(tiny_data):
 
 
 def test_lookahead_restarts_the_training_weights_from_the_average_every_n_steps(tiny_data, tmp_path):
-    config = tiny_config(tiny_data, **{"train.ema_decay": 0.9, "train.lookahead_every": 2, "train.epochs": 1,
-                                       "data.batch_size": 4})
+    config = tiny_config(
+        tiny_data, **{"train.ema_decay": 0.9, "train.lookahead_every": 2, "train.epochs": 1, "data.batch_size": 4}
+    )
     trainer = Trainer(config, load_data(config.data), tmp_path, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     trainer.model.train()
     for step, (images, labels) in enumerate(batches(trainer.data.train, 4, trainer.device, generator), start=1):
         trainer.train_step(images, labels, 32, generator)
-        same = [torch.equal(mine, theirs) for mine, theirs in
-                zip(trainer.model.state_dict().values(), trainer.ema.module.state_dict().values())]
+        same = [
+            torch.equal(mine, theirs)
+            for mine, theirs in zip(trainer.model.state_dict().values(), trainer.ema.module.state_dict().values())
+        ]
         assert all(same) == (step % 2 == 0), step  # restarted from the average, or moved on from it
     assert trainer.ema.updates == step // 2 >= 3
 

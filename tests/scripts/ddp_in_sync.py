@@ -1,5 +1,6 @@
 """Run under torchrun by tests/test_distributed.py: two epochs of DDP training on the data folder in
 argv[1], then check that every rank holds the same weights and saw different batches."""
+
 import sys
 
 import torch
@@ -8,8 +9,8 @@ import torch.distributed as dist
 sys.path.insert(0, sys.argv[2])  # tests/, for conftest.tiny_config
 from conftest import tiny_config  # noqa: E402
 
-from classifier_lib.data import load_data  # noqa: E402
-from classifier_lib.trainer import Trainer, setup_system  # noqa: E402
+from classifier_lib.data.dataset import load_data  # noqa: E402
+from classifier_lib.training.trainer import Trainer, setup_system  # noqa: E402
 
 config = tiny_config(sys.argv[1], **{"system.threads": 1})
 device = setup_system(config)

@@ -1,0 +1,134 @@
+"""Evaluating a checkpoint on a labelled split: accuracy, per-class report, confusion, worst mistakes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import classification_report, confusion_matrix
+
+from classifier_lib.data.dataset import CachedImages, load_held_out
+from classifier_lib.data.folders import DataLayoutError, find_splits
+from classifier_lib.data.splits import files_digest
+from classifier_lib.inference.predictor import Predictor
+
+
+@dataclass
+class Evaluation:
+    """Predictions of one model over one labelled split."""
+
+    class_names: list[str]
+    data: CachedImages
+    probabilities: torch.Tensor  # N x classes
+    split: str  # which images these are, in words
+    chosen_on: str  # what picked this checkpoint, in words
+    caveat: str = ""  # why this accuracy is not an unbiased score, when it is not
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.data.labels.numpy()
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(dim=1).numpy()
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predictions == self.labels).mean())
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Per-image cross-entropy: how wrong each prediction is."""
+        return F.nll_loss(self.probabilities.clamp_min(1e-12).log(), self.data.labels, reduction="none").numpy()
+
+    def report(self) -> pd.DataFrame:
+        """Per-class precision, recall, F1 and support, plus the averages (scikit-learn)."""
+        raw = classification_report(
+            self.labels,
+            self.predictions,
+            labels=range(len(self.class_names)),
+            target_names=self.class_names,
+            output_dict=True,
+            zero_division=0,
+        )
+        return pd.DataFrame(raw).T
+
+    def confusion(self, normalize: str | None = None) -> np.ndarray:
+        """Rows are true classes, columns predicted; `normalize="true"` gives per-class rates."""
+        return confusion_matrix(self.labels, self.predictions, labels=range(len(self.class_names)), normalize=normalize)
+
+    def misclassified(self) -> np.ndarray:
+        """Indices of wrong predictions, highest loss first."""
+        wrong = np.flatnonzero(self.predictions != self.labels)
+        return wrong[np.argsort(-self.losses[wrong])]
+
+    def summary(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "images": len(self.labels),
+            "errors": int((self.predictions != self.labels).sum()),
+            "split": self.split,
+            "checkpoint_chosen_on": self.chosen_on,
+            "caveat": self.caveat,
+        }
+
+    def record(self, checkpoint: str | Path) -> dict:
+        """What a run keeps as `evaluation.json` (read by the report index): the summary, the checkpoint
+        and the per-class report."""
+        return self.summary() | {"checkpoint": str(checkpoint), "per_class": self.report().round(4).to_dict(orient="index")}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, data_dir: str | Path | None = None, split: str = "valid", device: str = "auto"
+) -> Evaluation:
+    """Evaluate a checkpoint on the `valid` (or `train`) split that its training used.
+
+    `data_dir` defaults to the folder the checkpoint was trained on. Without a Valid folder the
+    validation split is rebuilt from the checkpoint's config and seed, so it is the same held-out
+    part of Train that training validated on (never images it trained on).
+    """
+    predictor = Predictor(checkpoint, device)
+    config = predictor.loaded.config
+    data_config = dataclasses.replace(config.data, data_dir=str(data_dir or config.data.data_dir), subset=1.0)
+    folder_classes = find_splits(data_config.data_dir).class_names
+    if folder_classes != predictor.class_names:
+        raise DataLayoutError(
+            f"the checkpoint knows classes {predictor.class_names}, {data_config.data_dir} has {folder_classes}"
+        )
+    data, source = load_held_out(data_config, config.system.seed, split)
+    same_data = Path(data_config.data_dir).resolve() == Path(config.data.data_dir).resolve()
+    state = predictor.loaded.checkpoint
+    chosen_on = (
+        f"its validation accuracy: epoch {state['epoch']} scored best on Valid"
+        if state.get("selected_on_valid")
+        else "nothing: the weights after the last epoch trained"
+    )
+    caveat = _caveat(state, config, split, data, data_config.data_dir) if same_data else ""
+    return Evaluation(predictor.class_names, data, predictor.probabilities(data.images), source, chosen_on, caveat)
+
+
+def _caveat(state: dict, config, split: str, data: CachedImages, data_dir: str) -> str:
+    """Why an accuracy on the run's own data is not an unbiased score, if it is not."""
+    if split == "train":
+        return "these are training images: the model has seen them"
+    if state.get("valid_trained_on"):
+        return f"{state['valid_trained_on']}: this is not a score"
+    if config.data.train_on_all:
+        return "this model was trained on the validation images too (train_on_all): this is not a score"
+    recorded = (state.get("data_split") or {}).get("valid_digest")
+    if recorded and recorded != files_digest(data.paths, find_splits(data_dir).root):
+        return (
+            f"these {len(data.paths)} images are not the {state['data_split']['valid_files']} that training validated "
+            "on (files were added, removed or renamed since): some of them may have been trained on"
+        )
+    if state.get("selected_on_valid"):
+        return (
+            "this checkpoint was chosen for its accuracy on this same split: the figure is optimistic "
+            "(last.pt gives an unbiased one)"
+        )
+    return ""
