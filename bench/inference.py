@@ -12,7 +12,6 @@ backend differs from ONNX Runtime's fp32 (PyTorch's default is bf16 autocast: ne
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -26,10 +25,9 @@ from machine import matmul_peak  # bench/machine.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.config import Config  # noqa: E402
-from classifier_lib.data.dataset import load_held_out  # noqa: E402
 from classifier_lib.data.folders import find_splits, list_images  # noqa: E402
 from classifier_lib.inference.base import ClassifierBase
-from classifier_lib.inference.checkpoint import save_checkpoint  # noqa: E402
+from classifier_lib.inference.checkpoint import held_out_of, save_checkpoint  # noqa: E402
 from classifier_lib.inference.export import export, parity_images  # noqa: E402
 from classifier_lib.inference.onnx import OnnxPredictor
 from classifier_lib.inference.predictor import Predictor  # noqa: E402
@@ -112,8 +110,7 @@ def label_agreement(predictors: dict[str, ClassifierBase], checkpoint: str) -> N
         print(source)
         return
     loaded = Predictor(checkpoint, device="cpu").loaded
-    config = dataclasses.replace(loaded.config.data, subset=1.0)
-    labels = load_held_out(config, loaded.config.system.seed)[0].labels
+    labels = held_out_of(loaded.config)[0].labels
     probabilities = {name: predictor.probabilities(images) for name, predictor in predictors.items()}
     reference = probabilities["ONNX Runtime fp32"].argmax(1)
     for name, probs in probabilities.items():

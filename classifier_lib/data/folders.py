@@ -64,7 +64,7 @@ def find_splits(data_dir: str | Path) -> Splits:
     return Splits(root, train, valid, _first_existing(root, TEST_NAMES), class_names)
 
 
-def test_folder(data_dir: str | Path, test_dir: str | Path = "") -> Path | None:
+def find_test_folder(data_dir: str | Path, test_dir: str | Path = "") -> Path | None:
     """The unlabelled images to submit predictions for: `test_dir` when given (it must exist), else the
     data folder's Test/ folder, else None (most data sets have none: nothing to submit)."""
     if test_dir:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from classifier_lib.data.dataset import DataBundle
 from classifier_lib.data.folders import Splits, list_images
 
 
@@ -43,3 +44,19 @@ def counts_per_class(files: pd.DataFrame) -> dict[str, dict[str, int]]:
     """`{split: {class: images}}` for the labelled splits, usable files only."""
     usable = files[(files["problem"] == "") & files["label"].notna()]
     return {split: group.groupby("label").size().to_dict() for split, group in usable.groupby("split", sort=False)}
+
+
+def unusable_files(files: pd.DataFrame, skipped: list[tuple[str, str]]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """(files refused while scanning, with split, class, path and problem; the (path, reason) of files
+    that failed later, while decoding): every file the run cannot use, each once."""
+    problems = files[files.problem != ""][["split", "label", "path", "problem"]]
+    scanned = set(problems.path)
+    return problems, [(path, reason) for path, reason in skipped if path not in scanned]
+
+
+def data_stats(files: pd.DataFrame, data: DataBundle) -> dict:
+    """What a run keeps as `data_stats.json`: images per class and split, the normalisation, and every
+    file that could not be used with the reason."""
+    problems, decode_failures = unusable_files(files, data.skipped)
+    return {"counts": counts_per_class(files), "mean": list(data.mean), "std": list(data.std),
+            "skipped": problems[["path", "problem"]].values.tolist() + [list(pair) for pair in decode_failures]}

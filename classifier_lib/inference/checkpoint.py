@@ -8,6 +8,7 @@ Files are written atomically (`fileio.atomic_write`).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from classifier_lib import __version__
 from classifier_lib.config import Config
+from classifier_lib.data.dataset import CachedImages, load_held_out
 from classifier_lib.model.ensemble import EnsembleModel
 from classifier_lib.model.resnet import ResNet
 from classifier_lib.utils.fileio import atomic_write
@@ -118,3 +120,11 @@ def _resnet(weights: dict, config: Config, classes: int, path) -> ResNet:
 
 def _first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def held_out_of(config: Config, data_dir: str | Path | None = None, split: str = "valid") -> tuple[CachedImages, str]:
+    """The one place a checkpoint's held-out split is rebuilt: the whole `valid` (or `train`) split of the
+    run whose config this is, from its data folder or `data_dir`, with its seed (no `data.subset`), and
+    which images those are, in words."""
+    data = dataclasses.replace(config.data, data_dir=str(data_dir or config.data.data_dir), subset=1.0)
+    return load_held_out(data, config.system.seed, split)

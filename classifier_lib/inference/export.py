@@ -27,9 +27,8 @@ from torch import nn
 from classifier_lib import __version__
 from classifier_lib.config import Config, ConfigError
 from classifier_lib.data.augment import model_input
-from classifier_lib.data.dataset import load_held_out
 from classifier_lib.data.folders import DataLayoutError
-from classifier_lib.inference.checkpoint import LoadedModel, load_model, read_checkpoint
+from classifier_lib.inference.checkpoint import LoadedModel, held_out_of, load_model, read_checkpoint
 from classifier_lib.inference.onnx import OnnxPredictor
 from classifier_lib.utils.fileio import atomic_write
 
@@ -160,7 +159,7 @@ def parity_images(checkpoint: str | Path, data_dir: str | Path | None = None) ->
     config = Config.from_dict(read_checkpoint(checkpoint)["config"])
     folder = data_dir or config.data.data_dir
     try:
-        images, source = load_held_out(dataclasses.replace(config.data, data_dir=str(folder), subset=1.0), config.system.seed)
+        images, source = held_out_of(config, folder)
     except DataLayoutError:
         if data_dir:
             raise

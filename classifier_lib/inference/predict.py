@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from classifier_lib.data.augment import model_input
 from classifier_lib.data.dataset import Images
+from classifier_lib.model.modes import evaluating
 from classifier_lib.utils.device import autocast
 
 
@@ -36,20 +37,18 @@ def predict_logits(
     """
     device = device or next(model.parameters()).device
     sizes = size if isinstance(size, list) else [size]
-    was_training = model.training
-    model.eval()
     outputs = []
-    for start in tqdm(range(0, len(images), batch_size), desc="predicting", leave=False, disable=not progress):
-        chunk = images[start : start + batch_size].to(device)
-        views = []
-        for view_size in sizes:
-            batch = model_input(chunk, view_size, mean, std, channels_last=True)
-            with autocast(device, dtype):
-                views.append(model(batch).float())
-                if flip:
-                    views.append(model(batch.flip(dims=[3])).float())
-        outputs.append(torch.stack(views).mean(dim=0).cpu())
-    model.train(was_training)
+    with evaluating(model):
+        for start in tqdm(range(0, len(images), batch_size), desc="predicting", leave=False, disable=not progress):
+            chunk = images[start : start + batch_size].to(device)
+            views = []
+            for view_size in sizes:
+                batch = model_input(chunk, view_size, mean, std, channels_last=True)
+                with autocast(device, dtype):
+                    views.append(model(batch).float())
+                    if flip:
+                        views.append(model(batch.flip(dims=[3])).float())
+            outputs.append(torch.stack(views).mean(dim=0).cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classifier_lib.model.ensemble import EnsembleModel
+from classifier_lib.model.modes import evaluating
 from classifier_lib.model.resnet import ResNet
 
 Network = ResNet | EnsembleModel  # what has a stem and stages to look at
@@ -22,6 +23,11 @@ def conv_layers(model: Network) -> dict[str, nn.Module]:
         for block_index, block in enumerate(cast(nn.Sequential, stage)):
             layers[f"stage{stage_index + 1}.block{block_index + 1}"] = block
     return layers
+
+
+def default_layer_names(model: Network) -> list[str]:
+    """The stem and the last block of every stage: one view per resolution."""
+    return ["stem"] + [f"stage{index + 1}.block{len(stage)}" for index, stage in enumerate(model.stages)]
 
 
 @contextmanager
@@ -61,16 +67,13 @@ def grad_cam(model: Network, inputs: torch.Tensor, target: int | None = None, la
     layer = layer or model.stages[-1]
     captured: dict[str, torch.Tensor] = {}
     handle = layer.register_forward_hook(lambda module, args, output: captured.update(output=output))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with evaluating(model), torch.enable_grad():
             logits = model(inputs)
             target = int(logits.argmax(dim=1)) if target is None else target
             (gradient,) = torch.autograd.grad(logits[0, target], captured["output"])
     finally:
         handle.remove()
-        model.train(was_training)
     activation = captured["output"].detach()
     cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[0, 0]

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from classifier_lib.config import ConfigError, ModelConfig
+from classifier_lib.model.modes import evaluating
 
 
 class ResidualBlock(nn.Module):
@@ -109,11 +110,8 @@ def count_parameters(model: nn.Module) -> int:
 def flops_per_image(model: nn.Module, image_size: int) -> int:
     """Forward-pass FLOPs for one image (a multiply-add counts as two), as counted by torch."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with evaluating(model), FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, image_size, image_size, device=device))
-    model.train(was_training)
     return counter.get_total_flops()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report, confusion_matrix
 
-from classifier_lib.data.dataset import CachedImages, load_held_out
+from classifier_lib.data.dataset import CachedImages
 from classifier_lib.data.folders import DataLayoutError, find_splits
 from classifier_lib.data.splits import files_digest
+from classifier_lib.inference.checkpoint import held_out_of
 from classifier_lib.inference.predictor import Predictor
 
 
@@ -94,21 +94,19 @@ def evaluate_checkpoint(
     """
     predictor = Predictor(checkpoint, device)
     config = predictor.loaded.config
-    data_config = dataclasses.replace(config.data, data_dir=str(data_dir or config.data.data_dir), subset=1.0)
-    folder_classes = find_splits(data_config.data_dir).class_names
+    folder = str(data_dir or config.data.data_dir)
+    folder_classes = find_splits(folder).class_names
     if folder_classes != predictor.class_names:
-        raise DataLayoutError(
-            f"the checkpoint knows classes {predictor.class_names}, {data_config.data_dir} has {folder_classes}"
-        )
-    data, source = load_held_out(data_config, config.system.seed, split)
-    same_data = Path(data_config.data_dir).resolve() == Path(config.data.data_dir).resolve()
+        raise DataLayoutError(f"the checkpoint knows classes {predictor.class_names}, {folder} has {folder_classes}")
+    data, source = held_out_of(config, folder, split)
+    same_data = Path(folder).resolve() == Path(config.data.data_dir).resolve()
     state = predictor.loaded.checkpoint
     chosen_on = (
         f"its validation accuracy: epoch {state['epoch']} scored best on Valid"
         if state.get("selected_on_valid")
         else "nothing: the weights after the last epoch trained"
     )
-    caveat = _caveat(state, config, split, data, data_config.data_dir) if same_data else ""
+    caveat = _caveat(state, config, split, data, folder) if same_data else ""
     return Evaluation(predictor.class_names, data, predictor.probabilities(data.images), source, chosen_on, caveat)
 
 

@@ -17,6 +17,7 @@ from torchvision.utils import make_grid
 from classifier_lib.data.augment import model_input
 from classifier_lib.data.dataset import CachedImages
 from classifier_lib.model.explain import Network, conv_layers, record_activations, top_filters
+from classifier_lib.model.modes import evaluating
 from classifier_lib.report import plots
 
 GRID_IMAGES = 12  # validation images in the prediction grid, spread evenly over the split
@@ -59,12 +60,9 @@ def log_figures(
 @torch.no_grad()
 def _log_activations(writer: SummaryWriter, epoch: int, model: Network, images: torch.Tensor, mean, std, size: int) -> None:
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     names = list(conv_layers(model))
-    with record_activations(model, names) as activations:
+    with evaluating(model), record_activations(model, names) as activations:
         model(model_input(images.to(device), size, mean, std, channels_last=True))
-    model.train(was_training)
     for name, activation in activations.items():
         writer.add_histogram(f"activations/{name}", activation, epoch)
         first = activation[0]  # the fixed image: the first of the grid

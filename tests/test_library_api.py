@@ -1,0 +1,101 @@
+"""What the notebooks call instead of holding logic themselves, the public names of the package, and
+checkpoints written before the package was layered."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_dataset
+
+import classifier_lib
+from classifier_lib.data.dataset import load_data
+from classifier_lib.data.folders import DataLayoutError, find_splits, find_test_folder
+from classifier_lib.data.splits import first_per_class
+from classifier_lib.data.stats import data_stats, scan_files, unusable_files
+from classifier_lib.inference.checkpoint import held_out_of, load_model
+from classifier_lib.inference.predictor import Predictor
+from classifier_lib.model.explain import default_layer_names
+from classifier_lib.model.modes import evaluating
+from classifier_lib.model.resnet import ResNet
+from classifier_lib.report.evaluation import evaluate_checkpoint
+
+
+def test_the_public_names_are_the_library_functions():
+    from classifier_lib.inference.export import export
+    from classifier_lib.training.engine import train
+
+    assert classifier_lib.train is train and classifier_lib.export is export
+    assert classifier_lib.run_config("fast").train.epochs == 60
+    with pytest.raises(AttributeError):
+        classifier_lib.no_such_thing  # noqa: B018
+
+
+def test_evaluating_restores_the_mode_also_after_an_error():
+    model = ResNet(3)
+    with evaluating(model):
+        assert not model.training
+    assert model.training
+    model.eval()
+    with pytest.raises(RuntimeError), evaluating(model):
+        raise RuntimeError("inside")
+    assert not model.training
+
+
+def test_first_per_class_and_default_layer_names():
+    labels = torch.tensor([2, 0, 0, 1, 0, 2, 1])
+    assert first_per_class(labels, 2, 3).tolist() == [1, 2, 3, 6, 0, 5]
+    assert first_per_class(labels, 5, 4).tolist() == [1, 2, 4, 3, 6, 0, 5]  # class 3 has none
+    assert default_layer_names(ResNet(3)) == ["stem", "stage1.block1", "stage2.block1", "stage3.block2", "stage4.block1"]
+
+
+def test_data_stats_lists_every_unusable_file_once(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=(6, 2))
+    (root / "Train" / "cat" / "notes.txt").write_text("not an image")
+    (root / "Train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n")
+    files = scan_files(find_splits(root))
+    data = load_data(load_model_free_config(root))
+    problems, decode_failures = unusable_files(files, data.skipped)
+    record = data_stats(files, data)
+    skipped = sorted(path.rsplit("/", 1)[-1] for path, _ in record["skipped"])
+    assert skipped == ["broken.png", "notes.txt"] and len(problems) + len(decode_failures) == 2
+    assert record["counts"]["train"]["cat"] == 6 and record["mean"] == list(data.mean)
+    json.dumps(record)  # written as data_stats.json
+
+
+def load_model_free_config(root):
+    from classifier_lib.config import DataConfig
+
+    return DataConfig(data_dir=str(root), image_size=16)
+
+
+def test_the_test_folder_is_the_parameter_the_data_folder_s_test_or_none(tmp_path):
+    with_test = make_dataset(tmp_path / "a")
+    without = make_dataset(tmp_path / "b", test=0)
+    assert find_test_folder(with_test) == with_test.resolve() / "Test"
+    assert find_test_folder(without) is None
+    assert find_test_folder(without, with_test / "Test") == with_test / "Test"
+    with pytest.raises(DataLayoutError, match="does not exist"):
+        find_test_folder(without, tmp_path / "nowhere")
+
+
+def test_evaluation_record_is_what_the_index_reads(trained_run, tmp_path):
+    result, _ = trained_run
+    record = evaluate_checkpoint(result.last_checkpoint).record(result.last_checkpoint)
+    assert {"accuracy", "images", "split", "caveat", "checkpoint", "per_class"} <= set(record)
+    assert set(record["per_class"]) >= {"cat", "dog", "panda"}
+    json.dumps(record)
+
+
+def test_a_checkpoint_written_before_the_split_was_recorded_still_loads_and_predicts(trained_run, tmp_path):
+    """Checkpoints of earlier versions have no data_split or run_identity (and old ones no eval_size)."""
+    result, data_dir = trained_run
+    state = torch.load(result.last_checkpoint, weights_only=True)
+    old = {key: value for key, value in state.items() if key not in ("data_split", "run_identity")}
+    torch.save(old, tmp_path / "old.pt")
+    image = next((data_dir / "Valid" / "dog").iterdir())
+    now, before = Predictor(result.last_checkpoint), Predictor(tmp_path / "old.pt")
+    assert before.predict(image) == now.predict(image)
+    assert evaluate_checkpoint(tmp_path / "old.pt").accuracy == evaluate_checkpoint(result.last_checkpoint).accuracy
+    assert held_out_of(load_model(tmp_path / "old.pt").config)[0].paths == held_out_of(now.loaded.config)[0].paths
