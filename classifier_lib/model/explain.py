@@ -27,7 +27,7 @@ def conv_layers(model: Network) -> dict[str, nn.Module]:
 
 def default_layer_names(model: Network) -> list[str]:
     """The stem and the last block of every stage: one view per resolution."""
-    return ["stem"] + [f"stage{index + 1}.block{len(stage)}" for index, stage in enumerate(model.stages)]
+    return ["stem"] + [f"stage{index + 1}.block{len(cast(nn.Sequential, stage))}" for index, stage in enumerate(model.stages)]
 
 
 @contextmanager
