@@ -46,8 +46,8 @@ def random_checkpoint(folder: Path) -> Path:
             "class_names": ["cat", "dog", "panda"],
             "mean": [0.5] * 3,
             "std": [0.25] * 3,
-            "image_size": config.data.decode_size,
-            "eval_size": config.data.test_size,
+            "decode_size": config.data.decode_size,
+            "eval_size": config.data.effective_eval_size,
             "config": config.to_dict(),
         },
     )
@@ -55,7 +55,7 @@ def random_checkpoint(folder: Path) -> Path:
 
 
 def batched(predictor: ClassifierBase, count: int = 2048, batch_size: int = 256) -> float:
-    images = torch.randint(0, 256, (count, 3, predictor.image_size, predictor.image_size), dtype=torch.uint8)
+    images = torch.randint(0, 256, (count, 3, predictor.decode_size, predictor.decode_size), dtype=torch.uint8)
     predictor.probabilities(images[:batch_size], batch_size)  # warm-up
     start = time.perf_counter()
     predictor.probabilities(images, batch_size)
@@ -96,7 +96,7 @@ def main() -> None:
             speed = batched(predictor)
             latencies = single_latencies(predictor, files)
             print(
-                f"{name:24s} batched {speed:7.0f} images/s at {predictor.image_size} px (batch 256); one JPEG file "
+                f"{name:24s} batched {speed:7.0f} images/s at {predictor.decode_size} px (batch 256); one JPEG file "
                 f"to label: median {np.median(latencies):.1f} ms, p95 {np.percentile(latencies, 95):.1f} ms"
             )
         if args.checkpoint:

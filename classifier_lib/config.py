@@ -55,7 +55,7 @@ class DataConfig:
     train_on_all: bool = False  # train on Train + Valid (the final model); its Valid figures are then no score
 
     @property
-    def test_size(self) -> int:
+    def effective_eval_size(self) -> int:
         """The resolution the model sees at evaluation and prediction: larger than the training crops,
         which zoom in, so that objects appear at the size they had in training (FixRes)."""
         if self.eval_size:
@@ -65,7 +65,7 @@ class DataConfig:
     @property
     def tta_size_list(self) -> list[int]:
         """The test sizes whose predictions are averaged."""
-        size = self.test_size
+        size = self.effective_eval_size
         return [size] if self.tta_sizes == 1 else [size - SIZE_STEP, size, size + SIZE_STEP]
 
     @property
@@ -146,7 +146,7 @@ class Config:
     def resolved(self) -> Config:
         """A copy with automatic values made explicit (the test size), as saved with a run: the run
         reproduces even if the rule behind an automatic value changes."""
-        return dataclasses.replace(self, data=dataclasses.replace(self.data, eval_size=self.data.test_size))
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, eval_size=self.data.effective_eval_size))
 
     def validate(self) -> Config:
         """Refuse values that would fail later or silently do nothing; returns self."""

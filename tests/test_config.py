@@ -53,7 +53,7 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     assert fast.train.epochs == PRESETS["fast"]["train.epochs"] < Config().train.epochs and fast.model.whiten_stem
     assert fast.train.bias_lr_scale > Config().train.bias_lr_scale
     best = preset_config("best").data
-    assert best.min_size < best.image_size and best.test_size > best.image_size > Config().data.image_size
+    assert best.min_size < best.image_size and best.effective_eval_size > best.image_size > Config().data.image_size
     with pytest.raises(ConfigError, match="unknown preset 'fastest'"):
         preset_config("fastest")
     args = cli.build_parser().parse_args(["train", "--data-dir", str(tiny_data), "--preset", "fast", "--lr", "0.1"])

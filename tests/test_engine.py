@@ -153,7 +153,7 @@ def test_progressive_training_switches_resolution_and_tests_at_eval_size(tiny_da
     result = train(config, runs_root=tmp_path)
     assert [row["image_size"] for row in result.history] == [16, 16, 16, 32]
     state = read_checkpoint(result.last_checkpoint)
-    assert (state["image_size"], state["eval_size"]) == (48, 48)  # decoded at the largest size needed
+    assert (state["decode_size"], state["eval_size"]) == (48, 48)  # decoded at the largest size needed
     predictor = Predictor(result.last_checkpoint, device="cpu")
     assert predictor.preprocess(next((tiny_data / "Test").glob("*.png"))).shape == (3, 48, 48)
 
@@ -289,7 +289,7 @@ def test_best_checkpoint_is_self_describing(trained_run):
     result, _ = trained_run
     state = torch.load(result.best_checkpoint, weights_only=True)
     assert state["class_names"] == ["cat", "dog", "panda"]
-    assert len(state["mean"]) == 3 and len(state["std"]) == 3 and state["image_size"] == 32
+    assert len(state["mean"]) == 3 and len(state["std"]) == 3 and state["decode_size"] == 32
     assert list(state["config"]["model"]["widths"]) == [8, 16]
     assert state["library_version"]
     loaded = load_model(result.best_checkpoint)
@@ -305,8 +305,8 @@ def test_ema_weights_are_the_ones_validated_and_saved(tiny_data, tmp_path):
 
 
 def test_the_test_size_is_larger_than_the_training_crops_by_default_and_saved_explicitly(tiny_data, tmp_path):
-    assert [DataConfig(image_size=size).test_size for size in (32, 48, 64, 128)] == [48, 64, 80, 160]
-    assert DataConfig(image_size=64, eval_size=64).test_size == 64
+    assert [DataConfig(image_size=size).effective_eval_size for size in (32, 48, 64, 128)] == [48, 64, 80, 160]
+    assert DataConfig(image_size=64, eval_size=64).effective_eval_size == 64
     result = train(tiny_config(tiny_data, **{"data.eval_size": 0, "train.epochs": 1}), runs_root=tmp_path)
     assert Config.load(result.run_dir / "config.json").data.eval_size == 48
     assert read_checkpoint(result.last_checkpoint)["eval_size"] == 48
@@ -319,7 +319,7 @@ def test_a_checkpoint_from_before_test_sizes_tests_at_its_training_size(trained_
     state["config"]["data"].pop("eval_size")
     old = tmp_path / "old.pt"
     torch.save(state, old)
-    assert load_model(old).eval_size == 32 and load_model(old).config.data.test_size == 32
+    assert load_model(old).eval_size == 32 and load_model(old).config.data.effective_eval_size == 32
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

@@ -47,7 +47,7 @@ def test_export_matches_pytorch_and_carries_its_metadata(trained_run, tmp_path, 
         files = {"metadata.json": ""}
         torch.jit.load(str(report.path), _extra_files=files)
         meta = json.loads(files["metadata.json"])
-    assert json.loads(meta["class_names"]) == ["cat", "dog", "panda"] and meta["image_size"] == "32"
+    assert json.loads(meta["class_names"]) == ["cat", "dog", "panda"] and meta["decode_size"] == "32"
     assert meta["tta"] == "flip" and "centre-cropped" in meta["preprocessing"]
 
 
@@ -55,7 +55,7 @@ def test_onnx_predictor_agrees_with_pytorch_on_any_batch_size(resized_run, tmp_p
     result, data = resized_run
     path = export.export(result.last_checkpoint, tmp_path / "m.onnx").path
     onnx_predictor, torch_predictor = export.OnnxPredictor(path), Predictor(result.last_checkpoint, "cpu", "fp32")
-    assert onnx_predictor.image_size == torch_predictor.image_size == 48
+    assert onnx_predictor.decode_size == torch_predictor.decode_size == 48
     images = torch.stack([torch_predictor.preprocess(p) for p in sorted((data / "Valid").rglob("*.png"))[:5]])
     for batch in (images[:1], images):
         assert torch.allclose(onnx_predictor.probabilities(batch), torch_predictor.probabilities(batch), atol=1e-4)

@@ -53,7 +53,7 @@ def test_preprocessing_matches_an_independent_reference_and_the_training_cache(t
 
     result, data_dir = trained_run
     predictor = Predictor(result.best_checkpoint, device="cpu")
-    size = predictor.image_size
+    size = predictor.decode_size
     photo = tmp_path / "photo.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (50, 80, 3), dtype=np.uint8)).save(photo)

@@ -88,11 +88,12 @@ def test_evaluation_record_is_what_the_index_reads(trained_run, tmp_path):
     json.dumps(record)
 
 
-def test_a_checkpoint_written_before_the_split_was_recorded_still_loads_and_predicts(trained_run, tmp_path):
-    """Checkpoints of earlier versions have no data_split or run_identity (and old ones no eval_size)."""
+def test_a_checkpoint_written_before_the_layered_package_still_loads_and_predicts(trained_run, tmp_path):
+    """Checkpoints of earlier versions have no data_split or run_identity, and call the decode size image_size."""
     result, data_dir = trained_run
     state = torch.load(result.last_checkpoint, weights_only=True)
-    old = {key: value for key, value in state.items() if key not in ("data_split", "run_identity")}
+    old = {key: value for key, value in state.items() if key not in ("data_split", "run_identity", "decode_size")}
+    old["image_size"] = state["decode_size"]
     torch.save(old, tmp_path / "old.pt")
     image = next((data_dir / "Valid" / "dog").iterdir())
     now, before = Predictor(result.last_checkpoint), Predictor(tmp_path / "old.pt")

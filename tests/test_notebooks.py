@@ -151,7 +151,7 @@ def test_fast_pipeline_on_a_generated_folder_without_valid_or_test(tmp_path, cap
     assert "held out" in (reports / run_dir.name / "04_activations.html").read_text()
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     stats = json.loads((run_dir / "data_stats.json").read_text())
-    assert checkpoint["image_size"] == 64 and stats["mean"] == checkpoint["mean"]  # decoded alike (at 48 px before)
+    assert checkpoint["decode_size"] == 64 and stats["mean"] == checkpoint["mean"]  # decoded alike (at 48 px before)
 
     checkpoint = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
     report = reports / run_dir.name / "03_evaluation.html"

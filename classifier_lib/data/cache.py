@@ -50,7 +50,7 @@ def preprocessing_fingerprint() -> str:
     return hashlib.sha1(source + PIL.__version__.encode() + f"v{CACHE_VERSION}".encode()).hexdigest()[:12]
 
 
-def entry_for(paths: list[Path], size: int) -> Path:
+def entry_stem(paths: list[Path], size: int) -> Path:
     """The entry's path without suffix: `.npy` holds the pixels, `.json` the index."""
     digest = hashlib.sha1(f"{preprocessing_fingerprint()} size={size}".encode())
     for path in paths:

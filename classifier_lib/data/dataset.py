@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from classifier_lib.data.cache import decode_into_cache, entry_for, open_entry, write_entry_index
+from classifier_lib.data.cache import decode_into_cache, entry_stem, open_entry, write_entry_index
 from classifier_lib.config import DataConfig
 from classifier_lib.data.folders import DataLayoutError, FlatImageDataset, Splits, find_splits, list_labelled
 from classifier_lib.data.splits import held_out_split, refuse_validation_images, split_record, stratified_subset
@@ -159,7 +159,7 @@ def load_split(split_dir: Path, class_names: list[str], size: int, workers: int 
     where the cache cannot be written (read-only or full disk) are they held in memory instead.
     """
     paths, labels, skipped = list_labelled(split_dir, class_names, every_class)
-    entry = entry_for(paths, size)
+    entry = entry_stem(paths, size)
     cached = open_entry(entry)
     if cached is not None:  # labels come from today's class list, never from the cache (classes may have been added)
         images, cached_paths, cached_skipped = cached

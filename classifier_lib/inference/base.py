@@ -35,19 +35,19 @@ class FolderPredictions:
 class ClassifierBase:
     """What every predictor shares: the decoding of files and folders around `probabilities`.
 
-    Subclasses set `class_names` and `image_size` (the size files are decoded to, as in training)
+    Subclasses set `class_names` and `decode_size` (the size files are decoded to, as in training)
     and implement `probabilities` for a uint8 N x 3 x S x S batch.
     """
 
     class_names: list[str]
-    image_size: int
+    decode_size: int
 
     def probabilities(self, images: Images, batch_size: int = 256) -> torch.Tensor:
         raise NotImplementedError
 
     def preprocess(self, source: str | Path | bytes) -> torch.Tensor:
         """A file path or the file's bytes to the uint8 tensor the model's training used."""
-        return load_image(source, self.image_size)
+        return load_image(source, self.decode_size)
 
     def predict(self, source: str | Path | bytes) -> Prediction:
         return self.predict_image(self.preprocess(source))
@@ -61,7 +61,7 @@ class ClassifierBase:
     def predict_folder(self, folder: str | Path, workers: int = 0, batch_size: int = 128) -> FolderPredictions:
         """Predict every image under `folder` (nested folders too) as a stream: decode a batch, predict
         it, keep only its probabilities; unreadable files are listed, not fatal."""
-        dataset = FlatImageDataset.from_folder(folder, self.image_size)
+        dataset = FlatImageDataset.from_folder(folder, self.decode_size)
         kept, skipped, probabilities = [], [], []
         for images, indices, failures in dataset.stream(workers, "predicting test images", batch_size):
             if indices:

@@ -1,6 +1,6 @@
 """Self-describing checkpoints: weights plus everything inference needs, loadable with weights_only=True.
 
-A checkpoint holds the model weights, the class names, the normalisation, the image size, the whole
+A checkpoint holds the model weights, the class names, the normalisation, the decode size, the whole
 run config (model config included) and the library version; training checkpoints also hold the
 optimizer, scheduler and gradient-scaler states and the epoch, so training can resume from them.
 Files are written atomically (`fileio.atomic_write`).
@@ -36,7 +36,7 @@ class LoadedModel:
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    image_size: int  # images are decoded to this size (the single preprocessing path)...
+    decode_size: int  # images are decoded to this size (the single preprocessing path)...
     eval_size: int  # ...then resized to this one, the model's test-time input
     config: Config
     checkpoint: dict[str, Any]
@@ -82,12 +82,19 @@ def check_class_names(names, source) -> list[str]:
     return list(names)
 
 
+def decode_size_of(state: dict[str, Any]) -> int:
+    """The size a checkpoint's images are decoded to (`decode_size`; `image_size` in files written before
+    the name said what it holds)."""
+    return int(state["decode_size"] if "decode_size" in state else state["image_size"])
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model described by a checkpoint, in eval mode, on `device`."""
     state = read_checkpoint(path, map_location=device)
     config = Config.from_dict(state["config"])
+    decode_size = decode_size_of(state)
     if "eval_size" not in state:  # written before test sizes existed: it tested at its training size
-        config.data.eval_size = int(state["image_size"])
+        config.data.eval_size = decode_size
     classes = len(state["class_names"])
     model: ResNet | EnsembleModel
     if "members" in state:  # an ensemble file (inference/ensembles.py)
@@ -96,14 +103,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     else:
         model = _resnet(state["model"], config, classes, path)
     model.to(device).eval()
-    image_size = int(state["image_size"])
     return LoadedModel(
         model,
         list(state["class_names"]),
         tuple(state["mean"]),
         tuple(state["std"]),
-        image_size,
-        int(state.get("eval_size", image_size)),
+        decode_size,
+        int(state.get("eval_size", decode_size)),
         config,
         state,
     )

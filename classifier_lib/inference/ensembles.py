@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from classifier_lib.data.folders import DataLayoutError, find_splits
-from classifier_lib.inference.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from classifier_lib.inference.checkpoint import CheckpointError, decode_size_of, read_checkpoint, save_checkpoint
 
-INFERENCE_KEYS = ("model", "class_names", "mean", "std", "image_size", "eval_size", "config", "epoch")
+INFERENCE_KEYS = ("model", "class_names", "mean", "std", "decode_size", "image_size", "eval_size", "config", "epoch")
 
 
 def make_ensemble(checkpoints: list[str | Path], output: str | Path) -> Path:
@@ -62,7 +62,7 @@ def make_ensemble(checkpoints: list[str | Path], output: str | Path) -> Path:
 # what every member must share, as (checkpoint key or config path) -> what it is in words
 MUST_MATCH = {
     "class_names": "classes",
-    "image_size": "decode size",
+    "decode_size": "decode size",
     "eval_size": "test size",
     "data.flip_tta": "flip TTA",
     "data.tta_sizes": "multi-size TTA",
@@ -73,6 +73,8 @@ def _setting(state: dict, key: str):
     if "." in key:
         section, name = key.split(".")
         return state["config"][section][name]
+    if key == "decode_size":
+        return decode_size_of(state)
     return list(state[key]) if isinstance(state.get(key), (list, tuple)) else state.get(key)
 
 

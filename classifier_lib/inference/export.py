@@ -52,7 +52,7 @@ class DeployedClassifier(nn.Module):
         super().__init__()
         self.model = loaded.model.float().eval()
         self.uint8_input = uint8_input
-        self.eval_size = loaded.eval_size if loaded.eval_size != loaded.image_size else None
+        self.eval_size = loaded.eval_size if loaded.eval_size != loaded.decode_size else None
         self.flip = loaded.config.data.flip_tta
         self.register_buffer("mean", torch.tensor(loaded.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(loaded.std).view(1, 3, 1, 1))
@@ -94,10 +94,11 @@ def metadata(loaded: LoadedModel, uint8_input: bool) -> dict[str, str]:
     data = loaded.config.data
     return {
         "class_names": json.dumps(loaded.class_names),
-        "image_size": str(loaded.image_size),
-        "input": f"N x 3 x {loaded.image_size} x {loaded.image_size} RGB, " + ("uint8 0..255" if uint8_input else "float32 0..1"),
+        "decode_size": str(loaded.decode_size),
+        "input": f"N x 3 x {loaded.decode_size} x {loaded.decode_size} RGB, "
+        + ("uint8 0..255" if uint8_input else "float32 0..1"),
         "output": "N x classes softmax probabilities, in the order of class_names",
-        "preprocessing": PREPROCESSING.format(size=loaded.image_size),
+        "preprocessing": PREPROCESSING.format(size=loaded.decode_size),
         "mean": json.dumps(list(loaded.mean)),
         "std": json.dumps(list(loaded.std)),
         "eval_size": str(loaded.eval_size),
@@ -123,7 +124,7 @@ def export(
         raise ConfigError(f"export format must be onnx or torchscript, got {fmt!r}")
     loaded = load_model(checkpoint, "cpu")
     deployed = DeployedClassifier(loaded, uint8_input).eval()
-    size = loaded.image_size
+    size = loaded.decode_size
     if images is None:
         images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     if tuple(images.shape[1:]) != (3, size, size):

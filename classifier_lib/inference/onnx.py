@@ -29,7 +29,7 @@ class OnnxPredictor(ClassifierBase):
         if "class_names" not in props:
             raise CheckpointError(f"{path} is an ONNX model but not one exported by classifier_lib (no class_names)")
         self.class_names = check_class_names(json.loads(props["class_names"]), path)
-        self.image_size = int(props["image_size"])
+        self.decode_size = int(props.get("decode_size") or props["image_size"])  # image_size: files exported before
         self.metadata = props
         self.input = self.session.get_inputs()[0]
 

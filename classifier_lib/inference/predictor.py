@@ -30,7 +30,7 @@ class Predictor(ClassifierBase):
         self.dtype = autocast_dtype(precision, self.device)
         self.model = self.loaded.model.to(memory_format=torch.channels_last)
         self.class_names = self.loaded.class_names
-        self.image_size = self.loaded.image_size  # decoded to this; the model sees `eval_size`
+        self.decode_size = self.loaded.decode_size  # decoded to this; the model sees `eval_size`
         self.eval_size = self.loaded.eval_size
 
     def model_input(self, images: torch.Tensor) -> torch.Tensor:

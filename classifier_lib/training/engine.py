@@ -195,7 +195,7 @@ def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter
             data.class_names,
             data.mean,
             data.std,
-            config.data.test_size,
+            config.data.effective_eval_size,
         )
     writer.flush()
     _write_metrics(trainer, None)

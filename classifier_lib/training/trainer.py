@@ -192,7 +192,7 @@ class Trainer:
                 self.data.train.images,
                 self.data.mean,
                 self.data.std,
-                data.test_size,
+                data.effective_eval_size,
                 self.device,
                 self.dtype,
             )
@@ -230,8 +230,8 @@ class Trainer:
             "class_names": self.data.class_names,
             "mean": list(self.data.mean),
             "std": list(self.data.std),
-            "image_size": data.decode_size,  # what images are decoded to (load_image's size)
-            "eval_size": data.test_size,  # what the model sees at test time
+            "decode_size": data.decode_size,  # what images are decoded to (load_image's size)
+            "eval_size": data.effective_eval_size,  # what the model sees at test time
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "optimizer": self.optimizer.state_dict(),
