@@ -104,15 +104,16 @@ def run_phase(phase: str, root: Path, image_size: int) -> dict:
         figures["seconds"] = time.perf_counter() - start
         figures["cache_gib"] = sum(f.stat().st_size for f in Path(os.environ["CLASSIFIER_CACHE_DIR"]).glob("*")) / 2**30
     elif phase == "train":
+        from classifier_lib.inference.checkpoint import save_checkpoint
         from classifier_lib.training.trainer import Trainer, setup_system
 
-        trainer = Trainer(config, data, root / "run", setup_system(config))
+        trainer = Trainer(config, data, setup_system(config))
         start = time.perf_counter()
         trainer.train_epoch()
         figures["seconds"] = time.perf_counter() - start
         figures["images"] = len(data.train)
-        trainer.epoch = 1
-        trainer.save("last.pt")
+        trainer.state.epoch = 1
+        save_checkpoint(root / "run" / "checkpoints" / "last.pt", trainer.state.state_dict(trainer.data))
     elif phase == "submit":
         from classifier_lib.inference.predictor import Predictor, write_submission
 

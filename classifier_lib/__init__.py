@@ -8,7 +8,7 @@ The package is layered; each layer imports only the ones listed before it (tests
     model      the ResNet, ensembles, EMA, activations and Grad-CAM
     inference  checkpoints, predictors (PyTorch, ONNX Runtime), export, ensemble files, pseudo-labels
     report     evaluation, figures, the image tester, run comparison, the HTML index
-    training   the trainer, the epoch loop and its run files, optimiser, LR finder, torchrun
+    training   the training state, steps, validation, the epoch loop and its run files, LR finder, torchrun
     workflow   the notebook pipeline and sweeps
     cli        `python -m classifier_lib ...`
 

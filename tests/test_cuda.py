@@ -30,29 +30,28 @@ def test_auto_precision_is_bf16_where_the_gpu_supports_it(tiny_data, tmp_path):
     trainer = Trainer(
         tiny_config(tiny_data, **{"system.device": "cuda"}),
         load_data(tiny_config(tiny_data).data),
-        tmp_path,
         torch.device("cuda"),
     )
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    assert trainer.dtype is expected and trainer.scaler.is_enabled() == (expected is torch.float16)
+    assert trainer.dtype is expected and trainer.state.scaler.is_enabled() == (expected is torch.float16)
 
 
 def test_fp16_overflow_skips_steps_without_advancing_schedule_or_ema(tiny_data, tmp_path):
     config = tiny_config(
         tiny_data, **{"system.device": "cuda", "train.precision": "fp16", "train.ema_decay": 0.9, "data.batch_size": 2}
     )  # 18 steps
-    trainer = Trainer(config, load_data(config.data), tmp_path, torch.device("cuda"))
-    trainer.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**24)  # fp16 gradients overflow until it halves
+    trainer = Trainer(config, load_data(config.data), torch.device("cuda"))
+    trainer.state.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**24)  # fp16 gradients overflow until it halves
     row = trainer.train_epoch()
-    stepped = trainer.scheduler.last_epoch
-    assert 0 < stepped < trainer.steps_per_epoch  # some steps were skipped, and only those
-    assert trainer.ema.updates == stepped
+    stepped = trainer.state.scheduler.last_epoch
+    assert 0 < stepped < trainer.state.steps_per_epoch  # some steps were skipped, and only those
+    assert trainer.state.ema.updates == stepped
     assert math.isfinite(row["train_loss"])  # skipped steps are not counted
 
 
 def test_a_data_set_that_fits_lives_on_the_gpu_and_trains_there(tiny_data, tmp_path):
     config = tiny_config(tiny_data, **{"system.device": "cuda"})
-    trainer = Trainer(config, load_data(config.data), tmp_path, torch.device("cuda"))
+    trainer = Trainer(config, load_data(config.data), torch.device("cuda"))
     assert trainer.data.train.images.is_cuda and trainer.data.valid.images.is_cuda
     assert math.isfinite(trainer.train_epoch()["train_loss"])
     assert 0 <= trainer.validate()["valid_acc"] <= 1

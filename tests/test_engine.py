@@ -349,16 +349,17 @@ def test_the_average_is_copied_before_syncbatchnorm_replaces_batchnorm(tiny_data
     in it would wait for the other ranks forever in BatchNorm recalibration (a hang)."""
     from torch import nn
 
+    import classifier_lib.training.state as state_module
     import classifier_lib.training.trainer as trainer_module
     from classifier_lib.data.dataset import load_data
 
     config = tiny_config(tiny_data, **{"train.sync_bn": True, "train.ema_decay": 0.9})
     monkeypatch.setattr(trainer_module.distributed, "world_size", lambda: 2)
-    monkeypatch.setattr(
-        trainer_module.Trainer,
-        "_distributed",  # what DDP does to the model, without a process group
-        lambda self, model: setattr(self, "model", nn.SyncBatchNorm.convert_sync_batchnorm(model)) or self.model,
+    monkeypatch.setattr(  # what DDP does to the model, without a process group
+        state_module.TrainState,
+        "_distributed",
+        lambda self, device: setattr(self, "model", nn.SyncBatchNorm.convert_sync_batchnorm(self.model)) or self.model,
     )
-    trainer = trainer_module.Trainer(config, load_data(config.data), tiny_data, torch.device("cpu"))
-    assert any(isinstance(m, nn.SyncBatchNorm) for m in trainer.model.modules())
-    assert not any(isinstance(m, nn.SyncBatchNorm) for m in trainer.evaluated_model.modules())
+    trainer = trainer_module.Trainer(config, load_data(config.data), torch.device("cpu"))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in trainer.state.model.modules())
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in trainer.state.inference_model.modules())

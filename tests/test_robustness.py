@@ -264,12 +264,12 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_training_survives_a_failed_save_and_says_so(tiny_data, tmp_path, monkeypatch, capsys):
-    from classifier_lib.training import trainer
+    from classifier_lib.training import engine
 
     def disk_full(path, state):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trainer, "save_checkpoint", disk_full)
+    monkeypatch.setattr(engine, "save_checkpoint", disk_full)
     result = train(tiny_config(tiny_data, **{"train.epochs": 1}), runs_root=tmp_path)
     assert len(result.history) == 1
     assert "could not save last.pt" in capsys.readouterr().out

@@ -199,17 +199,17 @@ def test_lookahead_restarts_the_training_weights_from_the_average_every_n_steps(
     config = tiny_config(
         tiny_data, **{"train.ema_decay": 0.9, "train.lookahead_every": 2, "train.epochs": 1, "data.batch_size": 4}
     )
-    trainer = Trainer(config, load_data(config.data), tmp_path, torch.device("cpu"))
+    trainer = Trainer(config, load_data(config.data), torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
-    trainer.model.train()
+    trainer.state.model.train()
     for step, (images, labels) in enumerate(batches(trainer.data.train, 4, trainer.device, generator), start=1):
         trainer.train_step(images, labels, 32, generator)
         same = [
             torch.equal(mine, theirs)
-            for mine, theirs in zip(trainer.model.state_dict().values(), trainer.ema.module.state_dict().values())
+            for mine, theirs in zip(trainer.state.model.state_dict().values(), trainer.state.ema.module.state_dict().values())
         ]
         assert all(same) == (step % 2 == 0), step  # restarted from the average, or moved on from it
-    assert trainer.ema.updates == step // 2 >= 3
+    assert trainer.state.ema.updates == step // 2 >= 3
 
 
 def test_lookahead_needs_the_average(tiny_data):

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from classifier_lib.config import Config
 from classifier_lib.data.dataset import DataBundle, load_data
-from classifier_lib.inference.checkpoint import read_checkpoint
+from classifier_lib.inference.checkpoint import read_checkpoint, save_checkpoint
 from classifier_lib.model.resnet import count_parameters
 from classifier_lib.training.tb_figures import log_figures
 from classifier_lib.training.trainer import Trainer, setup_system
@@ -78,15 +78,16 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
         run_dir = Path(run_dir) if run_dir else _run_dir_for(config.train.resume, runs_root)
         run_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(distributed.broadcast(str(run_dir) if main else None))
-    trainer = Trainer(config, data, run_dir, device)
+    trainer = Trainer(config, data, device)
+    state = trainer.state
     if resume_state is not None:  # refused before anything of the run is touched when it would change the run
-        trainer.load_state(resume_state, str(config.train.resume))
-        _log(f"resumed from {config.train.resume} after epoch {trainer.epoch}")
+        state.load_state_dict(resume_state, str(config.train.resume), trainer.data.class_names)
+        _log(f"resumed from {config.train.resume} after epoch {trainer.state.epoch}")
     if main:
         config.save(run_dir / "config.json")
     _log(f"run folder: {run_dir}")
     _log(
-        f"model: {count_parameters(trainer.model) / 1e6:.2f} M parameters, "
+        f"model: {count_parameters(trainer.state.model) / 1e6:.2f} M parameters, "
         f"{trainer.flops_per_image / 1e9:.3f} GFLOPs per {config.data.image_size}x{config.data.image_size} image"
     )
     _log(
@@ -95,42 +96,44 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
         + (f"; {trainer.world} processes, global batch {trainer.world * config.data.batch_size}" if trainer.world > 1 else "")
     )
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
-    start_time = time.perf_counter() - (trainer.history[-1]["elapsed_s"] if trainer.history else 0.0)
+    start_time = time.perf_counter() - (trainer.state.history[-1]["elapsed_s"] if trainer.state.history else 0.0)
     interrupted, stop_reason = False, f"completed {config.train.epochs} epochs"
     try:
         for _ in tqdm(
-            range(trainer.epoch, config.train.epochs),
+            range(trainer.state.epoch, config.train.epochs),
             desc="training",
-            initial=trainer.epoch,
+            initial=trainer.state.epoch,
             total=config.train.epochs,
             disable=not (main and progress_bar_wanted()),
         ):
-            row = {"epoch": trainer.epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"]}
+            row = {"epoch": trainer.state.epoch + 1, "lr": trainer.state.optimizer.param_groups[0]["lr"]}
             row |= trainer.train_epoch()
-            final = trainer.epoch + 1 == config.train.epochs
-            if final or (trainer.epoch + 1) % config.train.validate_every == 0:
+            final = trainer.state.epoch + 1 == config.train.epochs
+            if final or (trainer.state.epoch + 1) % config.train.validate_every == 0:
                 # rank 0 validates and every rank takes its figures, so that all decide alike (best, stopping)
                 row |= distributed.broadcast(trainer.validate(final=final) if main else None)
-            trainer.epoch += 1
+            trainer.state.epoch += 1
             row["elapsed_s"] = time.perf_counter() - start_time
-            trainer.history.append(row)
-            early_stop = early_stop_reason(trainer.history, config.train.patience, config.train.monitor)
-            _end_of_epoch(trainer, row, writer, last=bool(early_stop) or trainer.epoch == config.train.epochs)
+            trainer.state.history.append(row)
+            early_stop = early_stop_reason(trainer.state.history, config.train.patience, config.train.monitor)
+            _end_of_epoch(trainer, run_dir, row, writer, last=bool(early_stop) or trainer.state.epoch == config.train.epochs)
             if early_stop:
                 stop_reason = early_stop
                 _log(stop_reason)
                 break
     except KeyboardInterrupt:
-        interrupted, stop_reason = True, f"interrupted during epoch {trainer.epoch + 1}"
-        _log(_interrupt_message(trainer))
+        interrupted, stop_reason = True, f"interrupted during epoch {trainer.state.epoch + 1}"
+        _log(_interrupt_message(trainer, run_dir))
     finally:
         if writer is not None:
             writer.close()
-    result = TrainResult(run_dir, trainer.history, trainer.best_valid_acc, trainer.best_epoch, interrupted, stop_reason)
+    result = TrainResult(
+        run_dir, trainer.state.history, trainer.state.best_valid_acc, trainer.state.best_epoch, interrupted, stop_reason
+    )
     if main and not interrupted:
         _write_hparams(run_dir, config, result)
     if main:
-        _write_metrics(trainer, result)
+        _write_metrics(trainer, run_dir, result)
     return result
 
 
@@ -163,20 +166,20 @@ def early_stop_reason(history: list[dict[str, float]], patience: int, monitor: s
     )
 
 
-def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter | None, last: bool) -> None:
+def _end_of_epoch(trainer: Trainer, run_dir: Path, row: dict[str, float], writer: SummaryWriter | None, last: bool) -> None:
     """Track the best epoch; on rank 0 (the writer's) also save checkpoints, logs and metrics."""
-    epoch, config = trainer.epoch, trainer.config
+    epoch, config = trainer.state.epoch, trainer.config
     validated = "valid_acc" in row
-    improved = validated and row["valid_acc"] > trainer.best_valid_acc
+    improved = validated and row["valid_acc"] > trainer.state.best_valid_acc
     if improved:
-        trainer.best_valid_acc, trainer.best_epoch = row["valid_acc"], epoch
+        trainer.state.best_valid_acc, trainer.state.best_epoch = row["valid_acc"], epoch
     if writer is None:
         return
-    _save_or_warn(trainer, "last.pt")
+    _save_or_warn(trainer, run_dir, "last.pt")
     if improved:
-        _save_or_warn(trainer, "best.pt", selected_on_valid=True)
+        _save_or_warn(trainer, run_dir, "best.pt", selected_on_valid=True)
     if config.train.checkpoint_every and epoch % config.train.checkpoint_every == 0:
-        _save_or_warn(trainer, f"epoch_{epoch:03d}.pt")
+        _save_or_warn(trainer, run_dir, f"epoch_{epoch:03d}.pt")
     for split in ("train", "valid") if validated else ("train",):
         writer.add_scalar(f"loss/{split}", row[f"{split}_loss"], epoch)
         writer.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], epoch)
@@ -189,7 +192,7 @@ def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter
         log_figures(
             writer,
             epoch,
-            trainer.evaluated_model,
+            trainer.state.inference_model,
             data.valid,
             trainer.valid_logits,
             data.class_names,
@@ -198,7 +201,7 @@ def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter
             config.data.effective_eval_size,
         )
     writer.flush()
-    _write_metrics(trainer, None)
+    _write_metrics(trainer, run_dir, None)
     _log(
         f"epoch {epoch:3d}/{config.train.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
         + (
@@ -210,32 +213,33 @@ def _end_of_epoch(trainer: Trainer, row: dict[str, float], writer: SummaryWriter
     )
 
 
-def _save_or_warn(trainer: Trainer, name: str, selected_on_valid: bool = False) -> None:
+def _save_or_warn(trainer: Trainer, run_dir: Path, name: str, selected_on_valid: bool = False) -> None:
     """Save a checkpoint; if that fails (disk full...) keep the previous file and keep training."""
     try:
-        trainer.save(name, selected_on_valid)
+        state = trainer.state.state_dict(trainer.data) | {"selected_on_valid": selected_on_valid}  # best.pt: picked on Valid
+        save_checkpoint(run_dir / "checkpoints" / name, state)
     except OSError as error:
         _log(f"WARNING: could not save {name} ({error}); the previous {name}, if any, is kept unchanged")
 
 
-def _interrupt_message(trainer: Trainer) -> str:
-    last = trainer.run_dir / "checkpoints" / "last.pt"
-    if trainer.epoch == 0 or not last.exists():
+def _interrupt_message(trainer: Trainer, run_dir: Path) -> str:
+    last = run_dir / "checkpoints" / "last.pt"
+    if trainer.state.epoch == 0 or not last.exists():
         return "interrupted before the first epoch finished: nothing to resume from"
     return (
-        f"interrupted during epoch {trainer.epoch + 1}; {last} holds epoch {trainer.epoch}. Resume with:\n"
+        f"interrupted during epoch {trainer.state.epoch + 1}; {last} holds epoch {trainer.state.epoch}. Resume with:\n"
         f"  python -m classifier_lib train --resume {shlex.quote(str(last))}"
     )
 
 
-def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
-    history = trainer.history
+def _write_metrics(trainer: Trainer, run_dir: Path, result: TrainResult | None) -> None:
+    history = trainer.state.history
     metrics = {
         "history": history,
         "final_valid_acc": history[-1].get("valid_acc") if history else None,  # None: the last epoch was not validated
-        "best_valid_acc": trainer.best_valid_acc,
-        "best_epoch": trainer.best_epoch,
-        "epochs_done": trainer.epoch,
+        "best_valid_acc": trainer.state.best_valid_acc,
+        "best_epoch": trainer.state.best_epoch,
+        "epochs_done": trainer.state.epoch,
         "valid_in_training": trainer.config.data.train_on_all,
         "class_names": trainer.data.class_names,
         "train_images": len(trainer.data.train),
@@ -245,12 +249,12 @@ def _write_metrics(trainer: Trainer, result: TrainResult | None) -> None:
         "skipped_files": len(trainer.data.skipped),
         "skipped": trainer.data.skipped,
         "device": str(trainer.device),
-        "parameters": count_parameters(trainer.model),
+        "parameters": count_parameters(trainer.state.model),
         "flops_per_image": trainer.flops_per_image,
         "interrupted": bool(result and result.interrupted),
         "stop_reason": result.stop_reason if result else "running",
     }
-    write_json(trainer.run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
 
 
 def _write_hparams(run_dir: Path, config: Config, result: TrainResult) -> None:

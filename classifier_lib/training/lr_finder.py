@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -52,17 +51,17 @@ def find_lr(
     config = config.override({"train.lr": start_lr, "train.scheduler": "none", "train.ema_decay": 0}).validate()
     device = setup_system(config)
     data = data or load_data(config.data, config.system.seed)
-    trainer = Trainer(config, data, run_dir=Path("lr-find"), device=device)  # it saves nothing
+    trainer = Trainer(config, data, device)
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
-    trainer.scheduler = torch.optim.lr_scheduler.ExponentialLR(trainer.optimizer, gamma)
+    trainer.state.scheduler = torch.optim.lr_scheduler.ExponentialLR(trainer.state.optimizer, gamma)
     generator = torch.Generator().manual_seed(config.system.seed)
-    trainer.model.train()
+    trainer.state.model.train()
     lrs: list[float] = []
     losses: list[float] = []
     average = 0.0
     while len(lrs) < steps:
         for images, labels in batches(data.train, config.data.batch_size, device, generator):
-            lr = trainer.optimizer.param_groups[0]["lr"]
+            lr = trainer.state.optimizer.param_groups[0]["lr"]
             loss, _, _ = trainer.train_step(images.to(device), labels.to(device), config.data.image_size, generator)
             if loss is None:
                 continue
