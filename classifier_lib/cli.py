@@ -181,12 +181,13 @@ def add_recipe_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """--preset (or --config file; a resumed run: its checkpoint's config) < explicit flags and --set."""
+    """--preset (or --config file; a resumed run: its checkpoint's config) < explicit flags and --set.
+    A config file's `train.resume` is kept (torchrun launches from the notebook pass a resume that way)."""
     overrides = {key: value for key, value in vars(args).items() if "." in key and value is not None}
     overrides |= dict(args.set)
     resume = getattr(args, "resume", None)
-    overrides["train.resume"] = resume
     if resume:
+        overrides["train.resume"] = resume
         return Config.from_dict(read_checkpoint(resume)["config"]).override(
             overrides | ({"data.data_dir": args.data_dir} if args.data_dir else {})
         )

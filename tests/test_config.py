@@ -59,3 +59,21 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     args = cli.build_parser().parse_args(["train", "--data-dir", str(tiny_data), "--preset", "fast", "--lr", "0.1"])
     config = cli.config_from_args(args)
     assert config.train.epochs == PRESETS["fast"]["train.epochs"] and config.train.lr == 0.1  # flags win
+
+
+def test_a_config_file_keeps_its_resume(tmp_path):
+    """The training notebook with nproc > 1 hands torchrun a config file: its train.resume used to be
+    overwritten with None (the run restarted from scratch in a new folder)."""
+    from classifier_lib import cli
+    from classifier_lib.training.engine import run_dir_for
+
+    run = tmp_path / "runs" / "version_3"
+    (run / "checkpoints").mkdir(parents=True)
+    Config().save(run / "config.json")
+    resume = str(run / "checkpoints" / "last.pt")
+    Config().override({"train.resume": resume}).save(tmp_path / "config.json")
+    args = cli.build_parser().parse_args(["train", "--config", str(tmp_path / "config.json"), "--epochs", "3"])
+    config = cli.config_from_args(args)
+    assert config.train.resume == resume and config.train.epochs == 3
+    assert run_dir_for(resume, tmp_path / "runs") == run  # and the launch continues in the run's folder
+    assert cli.config_from_args(cli.build_parser().parse_args(["train"])).train.resume is None

@@ -75,7 +75,7 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
     with distributed.main_first():  # rank 0 decodes into the cache, the others then read it
         data = data or load_data(config.data, config.system.seed)
     if main:
-        run_dir = Path(run_dir) if run_dir else _run_dir_for(config.train.resume, runs_root)
+        run_dir = Path(run_dir) if run_dir else run_dir_for(config.train.resume, runs_root)
         run_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(distributed.broadcast(str(run_dir) if main else None))
     trainer = Trainer(config, data, device)
@@ -270,8 +270,8 @@ def _write_hparams(run_dir: Path, config: Config, result: TrainResult) -> None:
         )
 
 
-def _run_dir_for(resume: str | None, runs_root: str | Path) -> Path:
-    """A resumed run continues in the run folder its checkpoint lives in; otherwise a new one."""
+def run_dir_for(resume: str | None, runs_root: str | Path) -> Path:
+    """A resumed run continues in the run folder its checkpoint lives in; otherwise a new one (made now)."""
     if resume:
         folder = Path(resume).resolve().parent
         if folder.name == "checkpoints" and (folder.parent / "config.json").exists():

@@ -10,8 +10,7 @@ import tempfile
 from pathlib import Path
 
 from classifier_lib.config import Config
-from classifier_lib.training.engine import TrainResult
-from classifier_lib.utils.runs import new_run_dir
+from classifier_lib.training.engine import TrainResult, run_dir_for
 
 
 def train_with_torchrun(
@@ -19,7 +18,7 @@ def train_with_torchrun(
 ) -> TrainResult:
     """`torchrun --standalone --nproc_per_node=nproc -m classifier_lib train` on `config`, its output
     echoed line by line; returns the run's result read back from its folder."""
-    run_dir = Path(run_dir) if run_dir else new_run_dir(runs_root)
+    run_dir = Path(run_dir) if run_dir else run_dir_for(config.train.resume, runs_root)  # as in one process
     run_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         config_file = Path(scratch) / "config.json"

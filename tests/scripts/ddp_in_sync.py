@@ -14,17 +14,17 @@ from classifier_lib.training.trainer import Trainer, setup_system  # noqa: E402
 
 config = tiny_config(sys.argv[1], **{"system.threads": 1})
 device = setup_system(config)
-trainer = Trainer(config, load_data(config.data, 0), run_dir=None, device=device)
+trainer = Trainer(config, load_data(config.data, 0), device)
 first_batches = []
 for _ in range(2):
     trainer.train_epoch()
-    trainer.epoch += 1
-weights = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    trainer.state.epoch += 1
+weights = torch.cat([p.detach().flatten() for p in trainer.state.model.parameters()])
 gathered = [torch.empty_like(weights) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, weights)
 order = torch.Generator().manual_seed(0)
 if dist.get_rank() == 0:
     assert all(torch.equal(gathered[0], other) for other in gathered[1:]), "ranks hold different weights"
-    assert trainer.steps_per_epoch == 2, trainer.steps_per_epoch  # 36 images, 4 batches of 8, 2 per rank
+    assert trainer.state.steps_per_epoch == 2, trainer.state.steps_per_epoch  # 36 images, 4 batches of 8, 2 per rank
     print("in sync", flush=True)
 dist.destroy_process_group()
