@@ -223,15 +223,17 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from classifier_lib.report.evaluation import evaluate_checkpoint
+    from classifier_lib.report.metrics import headline
 
     evaluation = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, device=args.device)
     if args.json:
         print(json.dumps(evaluation.record(args.checkpoint), indent=2))
     else:
-        print(f"accuracy {evaluation.accuracy:.4f} on {len(evaluation.labels)} images: {evaluation.split}")
+        print(f"{headline(evaluation.summary())} on {len(evaluation.labels)} images: {evaluation.split}")
         if evaluation.caveat:
             print(f"note: {evaluation.caveat}")
-        print(evaluation.report().round(3).to_string())
+        print("per class, worst recall first:")
+        print(evaluation.per_class().round(3).to_string())
     return 0
 
 
@@ -254,12 +256,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         "image": image,
                         "label": prediction.label,
                         "confidence": prediction.confidence,
+                        "top5": prediction.top(5),
                         "probabilities": prediction.probabilities,
                     }
                 )
             )
         else:
-            print(f"{image}: {prediction.label} ({prediction.confidence:.3f})")
+            others = ", ".join(f"{label} {p:.3f}" for label, p in list(prediction.top(5).items())[1:])
+            print(f"{image}: {prediction.label} ({prediction.confidence:.3f})" + (f"; then {others}" if others else ""))
     return 1 if failures else 0
 
 

@@ -12,7 +12,7 @@ from conftest import make_dataset
 import classifier_lib
 from classifier_lib.data.dataset import load_data
 from classifier_lib.data.folders import DataLayoutError, find_splits, find_test_folder
-from classifier_lib.data.splits import first_per_class
+from classifier_lib.data.splits import first_per_class, spread_classes
 from classifier_lib.data.stats import data_stats, scan_files, unusable_files
 from classifier_lib.inference.checkpoint import held_out_of, load_model
 from classifier_lib.inference.predictor import Predictor
@@ -45,8 +45,11 @@ def test_evaluating_restores_the_mode_also_after_an_error():
 
 def test_first_per_class_and_default_layer_names():
     labels = torch.tensor([2, 0, 0, 1, 0, 2, 1])
-    assert first_per_class(labels, 2, 3).tolist() == [1, 2, 3, 6, 0, 5]
-    assert first_per_class(labels, 5, 4).tolist() == [1, 2, 4, 3, 6, 0, 5]  # class 3 has none
+    assert first_per_class(labels, 2, range(3)).tolist() == [1, 2, 3, 6, 0, 5]
+    assert first_per_class(labels, 5, range(4)).tolist() == [1, 2, 4, 3, 6, 0, 5]  # class 3 has none
+    assert first_per_class(labels, 1, [2, 1]).tolist() == [0, 3]
+    assert spread_classes(3, 12) == [0, 1, 2] and spread_classes(101, 12)[:2] == [0, 9] and len(spread_classes(101, 12)) == 12
+    assert spread_classes(101, 12)[-1] == 100
     assert default_layer_names(ResNet(3)) == ["stem", "stage1.block1", "stage2.block1", "stage3.block2", "stage4.block1"]
 
 

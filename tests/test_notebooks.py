@@ -8,11 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import papermill
 import pytest
 import torch
 from browser import browser_page
-from conftest import REAL_DATA, make_dataset, needs_real_data
+from conftest import REAL_DATA, make_dataset, make_image, needs_real_data
 
 from classifier_lib.inference.predictor import Predictor
 from classifier_lib.report.widgets import ImageTester
@@ -309,3 +310,31 @@ def test_overrides_reach_the_training_notebook_and_unknown_keys_are_refused(tmp_
     )
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["ema_decay"] == 0.0 and config["model"]["widths"] == [8, 16, 32, 64]
+
+
+def test_reports_stay_readable_at_a_hundred_unbalanced_classes(tmp_path):
+    """101 classes of 3 to 14 images, Train/ alone: one figure per section (no matplotlib warning about
+    too many figures), the imbalance said and balanced accuracy headlined, every class in the per-class
+    table (none cut to pandas' first and last five), the most confused pairs listed, bounded activations."""
+    rng = np.random.default_rng(0)
+    names = [f"class_{i:03d}" for i in range(101)]
+    for index, name in enumerate(names):
+        colour = (int(rng.integers(0, 256)), int(rng.integers(0, 256)), int(rng.integers(0, 256)))
+        for i in range(3 + index % 12):
+            make_image(tmp_path / "data" / "Train" / name / f"{i}.png", colour, seed=index * 100 + i)
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    parameters = {"epochs": 1, "image_size": 32, "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1]}}
+    run_dir = run_pipeline(tmp_path / "data", parameters, runs_root=runs, reports_root=reports, steps=list(PIPELINE[:4]))
+    pages = {name: (reports / run_dir.name / f"{name}.html").read_text() for name in PIPELINE[:4]}
+    for name, page in pages.items():
+        assert "Traceback" not in page and "More than 20 figures" not in page, name
+        assert "rows ×" not in page and "rows x" not in page, name  # no truncated table
+    assert "Imbalanced: the largest class has 4.7x" in pages["01_data_stats"]
+    assert pages["01_data_stats"].count("data:image/png;base64") <= 6
+    assert "balanced accuracy" in pages["03_evaluation"] and "top-5 accuracy" in pages["03_evaluation"]
+    assert all(f">{name}<" in pages["03_evaluation"] for name in names)  # the complete per-class table
+    assert "the most confused pairs" in pages["03_evaluation"]
+    assert pages["04_activations"].count("data:image/png;base64") <= 10
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["imbalanced"] and 0 <= evaluation["balanced_accuracy"] <= 1 and "top5_accuracy" in evaluation
+    assert len(evaluation["per_class"]) >= 101

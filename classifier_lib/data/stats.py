@@ -1,7 +1,9 @@
 """Dataset statistics for the data report: per-file size and colour mode, read from headers only."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from PIL import Image
@@ -60,3 +62,45 @@ def data_stats(files: pd.DataFrame, data: DataBundle) -> dict:
     problems, decode_failures = unusable_files(files, data.skipped)
     return {"counts": counts_per_class(files), "mean": list(data.mean), "std": list(data.std),
             "skipped": problems[["path", "problem"]].values.tolist() + [list(pair) for pair in decode_failures]}
+
+
+FEW_TO_MEASURE = 5  # validation images of a class below which its recall says little
+
+
+def balance_note(counts: dict[str, dict[str, int]]) -> str:
+    """What the class counts mean for the figures to read, in words: whether the training classes are
+    balanced (then accuracy is a fair headline) or not (then balanced accuracy is), and which classes
+    have too few validation images to measure."""
+    train = next(iter(counts.values()), {})
+    if not train:
+        return "no labelled images"
+    largest, smallest = max(train, key=train.__getitem__), min(train, key=train.__getitem__)
+    ratio = imbalance(train)
+    if is_imbalanced(train):
+        note = (f"Imbalanced: the largest class has {ratio:.1f}x the images of the smallest ({largest}: {train[largest]}, "
+                f"{smallest}: {train[smallest]}). Plain accuracy favours the large classes, so the reports headline "
+                "balanced accuracy (the mean recall per class) beside it.")
+    else:
+        note = (f"Balanced: the largest class has {ratio:.2f}x the images of the smallest, so plain accuracy is a fair "
+                "headline (balanced accuracy is reported beside it).")
+    valid = counts.get("valid", {})
+    few = sorted(name for name, count in valid.items() if count < FEW_TO_MEASURE)
+    if few:
+        shown = ", ".join(few[:10]) + (f" and {len(few) - 10} more" if len(few) > 10 else "")
+        note += (f" {len(few)} classes have fewer than {FEW_TO_MEASURE} validation images ({shown}): their recall is "
+                 "measured on too few images to trust.")
+    return note
+
+
+IMBALANCE_RATIO = 1.5  # largest class over smallest: above it, balanced accuracy is the fair headline
+
+
+def imbalance(counts: Mapping[Any, int]) -> float:
+    """Images of the largest class over those of the smallest (1.0 for a balanced set)."""
+    values = [count for count in counts.values() if count > 0]
+    return float(max(values) / min(values)) if values else 1.0
+
+
+def is_imbalanced(counts: Mapping[Any, int]) -> bool:
+    """Is the largest class more than IMBALANCE_RATIO times the smallest?"""
+    return bool(imbalance(counts) > IMBALANCE_RATIO)

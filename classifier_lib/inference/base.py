@@ -19,6 +19,10 @@ class Prediction:
     confidence: float
     probabilities: dict[str, float]
 
+    def top(self, k: int = 5) -> dict[str, float]:
+        """The `k` most probable classes and their probabilities, most probable first."""
+        return dict(sorted(self.probabilities.items(), key=lambda item: -item[1])[:k])
+
 
 @dataclass
 class FolderPredictions:

@@ -10,7 +10,8 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from classifier_lib.report.evaluation import Evaluation, evaluate_checkpoint
-from classifier_lib.report.runs_table import RunRecord, escaped
+from classifier_lib.report.runs_table import RunRecord
+from classifier_lib.report.tables import escaped
 
 
 def evaluate_runs(runs: list[RunRecord], checkpoint: str = "last.pt") -> dict[str, Evaluation]:

@@ -14,8 +14,10 @@ from sklearn.metrics import classification_report, confusion_matrix
 from classifier_lib.data.dataset import CachedImages
 from classifier_lib.data.folders import DataLayoutError, find_splits
 from classifier_lib.data.splits import files_digest
+from classifier_lib.data.stats import is_imbalanced
 from classifier_lib.inference.checkpoint import held_out_of
 from classifier_lib.inference.predictor import Predictor
+from classifier_lib.report.metrics import TOP_K_FROM, balanced_accuracy, most_confused, top_k_accuracy
 
 
 @dataclass
@@ -42,6 +44,20 @@ class Evaluation:
         return float((self.predictions == self.labels).mean())
 
     @property
+    def balanced_accuracy(self) -> float:
+        """Mean per-class recall: the fair headline when classes are imbalanced."""
+        return balanced_accuracy(self.predictions, self.labels)
+
+    @property
+    def top5_accuracy(self) -> float:
+        return top_k_accuracy(self.probabilities, self.labels, 5)
+
+    @property
+    def imbalanced(self) -> bool:
+        """Are the classes of these images imbalanced (largest over smallest > IMBALANCE_RATIO)?"""
+        return is_imbalanced(dict(zip(self.class_names, np.bincount(self.labels, minlength=len(self.class_names)))))
+
+    @property
     def losses(self) -> np.ndarray:
         """Per-image cross-entropy: how wrong each prediction is."""
         return F.nll_loss(self.probabilities.clamp_min(1e-12).log(), self.data.labels, reduction="none").numpy()
@@ -58,6 +74,14 @@ class Evaluation:
         )
         return pd.DataFrame(raw).T
 
+    def per_class(self) -> pd.DataFrame:
+        """Precision, recall, F1 and support of every class, worst recall first (no average rows)."""
+        return self.report().loc[self.class_names].sort_values(["recall", "f1-score"])
+
+    def most_confused(self, count: int = 15) -> pd.DataFrame:
+        """The pairs of classes most often mistaken for each other, most images first."""
+        return most_confused(self.confusion(), self.class_names, count)
+
     def confusion(self, normalize: str | None = None) -> np.ndarray:
         """Rows are true classes, columns predicted; `normalize="true"` gives per-class rates."""
         return confusion_matrix(self.labels, self.predictions, labels=range(len(self.class_names)), normalize=normalize)
@@ -68,8 +92,12 @@ class Evaluation:
         return wrong[np.argsort(-self.losses[wrong])]
 
     def summary(self) -> dict:
+        many = len(self.class_names) > TOP_K_FROM
         return {
             "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            **({"top5_accuracy": self.top5_accuracy} if many else {}),
+            "imbalanced": self.imbalanced,
             "images": len(self.labels),
             "errors": int((self.predictions != self.labels).sum()),
             "split": self.split,

@@ -28,13 +28,15 @@ th{cursor:pointer;background:#f4f4f4;text-align:left} th:hover{background:#e4e4e
 {% if not loop.last %} · {% endif %}{% endfor %}
 </p>{% endif %}
 <p>Click a column to sort. "last" is the validation accuracy after the last epoch (no epoch picked on
-Valid); "best" is the best epoch's, chosen on Valid and so optimistic there.</p>
+Valid); "balanced" its mean recall per class, the fair headline when classes are imbalanced; "best" is
+the best epoch's accuracy, chosen on Valid and so optimistic there.</p>
 <table id="runs"><thead><tr><th>run</th><th>date</th><th>sweep</th><th>differs from the default recipe</th>
-<th>last valid acc</th><th>best valid acc</th><th>epochs</th><th>train time (s)</th><th>evaluated acc</th>
+<th>last valid acc</th><th>last balanced acc</th><th>best valid acc</th><th>epochs</th><th>train time (s)</th>
+<th>evaluated acc</th>
 <th>reports</th></tr></thead><tbody>
 {% for row in rows %}<tr><td data-sort="{{ row.number }}">{{ row.name }}</td><td>{{ row.date }}</td>
 <td>{{ row.sweep }}</td><td>{% for key, value in row.changes.items() %}<code>{{ key }}={{ value }}</code><br>{% endfor %}</td>
-<td>{{ row.final }}</td><td>{{ row.best }}</td><td>{{ row.epochs }}</td><td>{{ row.train_s }}</td>
+<td>{{ row.final }}</td><td>{{ row.balanced }}</td><td>{{ row.best }}</td><td>{{ row.epochs }}</td><td>{{ row.train_s }}</td>
 <td>{{ row.evaluated }}</td>
 <td>{% for page in row.pages %}<a href="{{ row.name }}/{{ page }}.html">{{ page }}</a>
 {% else %}(no reports){% endfor %}</td></tr>
@@ -81,6 +83,7 @@ def _row(run: Path, reports_root: Path) -> dict:
         "sweep": sweep,
         "changes": changes,
         "final": _fmt(metrics.get("final_valid_acc")),
+        "balanced": _fmt(metrics.get("final_valid_balanced_acc")),
         "best": _fmt(metrics.get("best_valid_acc")),
         "epochs": metrics.get("epochs_done", ""),
         "train_s": f"{history[-1]['elapsed_s']:.0f}" if "elapsed_s" in history[-1] else "",

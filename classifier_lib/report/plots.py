@@ -13,6 +13,8 @@ import numpy as np
 import seaborn as sns
 import torch
 
+from classifier_lib.report.metrics import cluster_order
+
 
 def _as_hwc(image: torch.Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).cpu().numpy()
@@ -65,18 +67,70 @@ def compare_histories(histories: dict[str, Sequence[dict]]) -> plt.Figure:
     return fig
 
 
+ANNOTATED_UP_TO = 15  # classes: beyond, confusion matrices drop their numbers (a table lists the pairs)
+BARS_UP_TO = 40  # classes: beyond, class counts become a histogram and the smallest and largest classes
+
+
 def class_counts(counts: dict[str, dict[str, int]], title: str = "images per class and split") -> plt.Figure:
-    """Grouped bars: images per class for each split (`{split: {class: n}}`)."""
-    classes = sorted({c for split in counts.values() for c in split})
-    fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(classes)), 3.5))
-    width = 0.8 / max(1, len(counts))
+    """Images per class for each split (`{split: {class: n}}`), largest class first: horizontal bars while
+    they stay readable; past BARS_UP_TO classes a histogram of the counts and the 10 smallest and 10
+    largest classes."""
+    first = next(iter(counts.values()), {})
+    classes = sorted({c for split in counts.values() for c in split}, key=lambda c: (-first.get(c, 0), c))
+    if len(classes) > BARS_UP_TO:
+        return _many_class_counts(counts, classes, title)
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.22 * len(classes) * max(1, len(counts))))
+    height = 0.8 / max(1, len(counts))
     for offset, (split, per_class) in enumerate(counts.items()):
-        x = np.arange(len(classes)) + offset * width
-        bars = ax.bar(x, [per_class.get(c, 0) for c in classes], width, label=split)
-        ax.bar_label(bars)
-    ax.set_xticks(np.arange(len(classes)) + width * (len(counts) - 1) / 2, classes)
-    ax.set(ylabel="images", title=title)
-    ax.legend()
+        y = np.arange(len(classes)) + offset * height
+        bars = ax.barh(y, [per_class.get(c, 0) for c in classes], height, label=split)
+        ax.bar_label(bars, fontsize=8, padding=2)
+    ax.set_yticks(np.arange(len(classes)) + height * (len(counts) - 1) / 2, classes)
+    ax.invert_yaxis()
+    ax.set(xlabel="images", title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def _many_class_counts(counts: dict[str, dict[str, int]], classes: list[str], title: str) -> plt.Figure:
+    split, per_class = next(iter(counts.items()))
+    values = [per_class.get(c, 0) for c in classes]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1, 1.2]})
+    left.hist(values, bins=min(30, len(set(values))), color="tab:blue")
+    left.set(xlabel=f"{split} images per class", ylabel="classes", title=f"{len(classes)} classes: how many images each")
+    shown = classes[:10] + classes[-10:]
+    bars = right.barh(
+        range(len(shown)), [per_class.get(c, 0) for c in shown], color=["tab:blue"] * 10 + ["tab:orange"] * (len(shown) - 10)
+    )
+    right.bar_label(bars, fontsize=8, padding=2)
+    right.set_yticks(range(len(shown)), shown, fontsize=8)
+    right.invert_yaxis()
+    right.set(xlabel=f"{split} images", title="the 10 largest (blue) and 10 smallest (orange) classes")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def class_samples(
+    images: Sequence[torch.Tensor], labels: Sequence[int], class_names: Sequence[str], per_class: int = 6
+) -> plt.Figure:
+    """One grid, a row per class present in `labels`: up to `per_class` images of each (choose the classes
+    with `splits.spread_classes`, so the report has one readable figure whatever the number of classes)."""
+    shown = sorted(set(labels))
+    fig, axes = plt.subplots(len(shown), per_class, figsize=(1.5 * per_class, 1.5 * len(shown) + 0.4), squeeze=False)
+    for row, label in enumerate(shown):
+        members = [image for image, own in zip(images, labels) if own == label][:per_class]
+        for column, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if column < len(members):
+                ax.imshow(_as_hwc(members[column]))
+        axes[row][0].set_ylabel(class_names[label], rotation=0, ha="right", va="center", fontsize=9)
+    if len(shown) < len(class_names):
+        fig.suptitle(f"{len(shown)} of {len(class_names)} classes", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -106,7 +160,30 @@ def image_grid(
 
 
 def confusion(counts: np.ndarray, rates: np.ndarray, class_names: Sequence[str]) -> plt.Figure:
-    """Confusion matrix as counts and as row-normalised rates, side by side."""
+    """Confusion matrix as counts and as row-normalised rates, side by side, annotated; past ANNOTATED_UP_TO
+    classes the rates alone, without numbers, ordered so that classes confused with each other sit together
+    (pair them with `metrics.most_confused`)."""
+    if len(class_names) > ANNOTATED_UP_TO:
+        order = cluster_order(counts)
+        names = [class_names[i] for i in order]
+        side = min(22.0, 4 + 0.14 * len(names))
+        fig, ax = plt.subplots(figsize=(side + 1.5, side))
+        font = max(3.0, 9 - len(names) / 20)
+        sns.heatmap(
+            rates[np.ix_(order, order)],
+            cmap="Blues",
+            vmin=0,
+            vmax=1,
+            square=True,
+            ax=ax,
+            xticklabels=names,
+            yticklabels=names,
+            cbar_kws={"shrink": 0.5, "label": "share of the true class"},
+        )
+        ax.tick_params(labelsize=font)
+        ax.set(xlabel="predicted", ylabel="true", title="normalised by true class; similar classes side by side")
+        fig.tight_layout()
+        return fig
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", xticklabels=class_names, yticklabels=class_names, ax=axes[0])
     sns.heatmap(

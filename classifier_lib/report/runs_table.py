@@ -12,6 +12,7 @@ from pandas.io.formats.style import Styler
 
 from classifier_lib.config import Config
 from classifier_lib.presets import preset_config
+from classifier_lib.report.tables import escaped
 from classifier_lib.utils.fileio import read_json
 
 NOT_A_SETTING = {"train.resume", "data.data_dir"}  # where a run came from, not how it was trained
@@ -86,6 +87,7 @@ def comparison_table(runs: list[RunRecord]) -> pd.DataFrame:
             | {key: run.config.get(key) for key in keys}
             | {
                 "final valid acc": run.metrics.get("final_valid_acc"),
+                "final balanced acc": run.metrics.get("final_valid_balanced_acc"),
                 "best valid acc": run.metrics.get("best_valid_acc"),
                 "best epoch": run.metrics.get("best_epoch"),
                 "epochs": run.metrics.get("epochs_done"),
@@ -96,17 +98,7 @@ def comparison_table(runs: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run")
 
 
-def escaped(styler: Styler, formatter=None, **format_options) -> Styler:
-    """A Styler whose cells, row and column labels are HTML-escaped: pandas' Styler writes them as markup,
-    so a run or class folder named `<img onerror=...>` would run in the comparison page."""
-    return (
-        styler.format(formatter, escape="html", **format_options)
-        .format_index(escape="html", axis=0)
-        .format_index(escape="html", axis=1)
-    )
-
-
 def styled_comparison(table: pd.DataFrame) -> Styler:
     """`comparison_table` for a report: accuracies as percentages, everything escaped."""
-    percentages = {column: "{:.2%}" for column in ("final valid acc", "best valid acc") if column in table}
+    percentages = {column: "{:.2%}" for column in ("final valid acc", "final balanced acc", "best valid acc") if column in table}
     return escaped(table.style, percentages, precision=4, na_rep="")

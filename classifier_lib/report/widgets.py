@@ -73,7 +73,9 @@ class ImageTester:
         shown = resize(image.unsqueeze(0), self.predictor.eval_size)[0]  # the pixels the model saw
         figures = [
             plots.heatmap_overlays([shown], [heatmap], [prediction.label], columns=1),
-            plots.probabilities(prediction.probabilities, "class probabilities"),
+            plots.probabilities(
+                prediction.top(5), "the 5 most probable classes" if len(prediction.probabilities) > 5 else "class probabilities"
+            ),
         ]
         self.output.outputs = ()
         for figure in figures:  # as PNG data, so the widget shows them with or without a live kernel

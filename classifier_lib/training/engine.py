@@ -206,6 +206,7 @@ def _end_of_epoch(trainer: Trainer, run_dir: Path, row: dict[str, float], writer
         f"epoch {epoch:3d}/{config.train.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
         + (
             f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.4f}{' *' if improved else '  '}  "
+            + (f"balanced {row['valid_balanced_acc']:.4f}  " if trainer.imbalanced else "")
             if validated
             else "(not validated)".ljust(32)
         )
@@ -237,6 +238,8 @@ def _write_metrics(trainer: Trainer, run_dir: Path, result: TrainResult | None) 
     metrics = {
         "history": history,
         "final_valid_acc": history[-1].get("valid_acc") if history else None,  # None: the last epoch was not validated
+        "final_valid_balanced_acc": history[-1].get("valid_balanced_acc") if history else None,
+        "imbalanced": trainer.imbalanced,
         "best_valid_acc": trainer.state.best_valid_acc,
         "best_epoch": trainer.state.best_epoch,
         "epochs_done": trainer.state.epoch,

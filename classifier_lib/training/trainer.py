@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from classifier_lib.config import Config
 from classifier_lib.data.augment import BatchAugment, Mixer, normalize, resize, train_size
 from classifier_lib.data.dataset import DataBundle, batches
+from classifier_lib.data.stats import is_imbalanced
 from classifier_lib.model.resnet import flops_per_image
 from classifier_lib.training.state import TrainState
 from classifier_lib.training.validation import validate
@@ -66,6 +67,8 @@ class Trainer:
         self.mixer = Mixer(self.num_classes, train.mix_p, train.mixup_alpha, train.cutmix_alpha) if train.mix_p else None
         self.flops_per_image = flops_per_image(self.state.model, config.data.image_size)
         self.valid_logits = torch.empty(0)
+        # then the epoch lines headline balanced accuracy beside accuracy
+        self.imbalanced = is_imbalanced(dict(enumerate(torch.bincount(data.train.labels.cpu()).tolist())))
 
     # --- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:

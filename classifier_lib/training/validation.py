@@ -12,13 +12,15 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from classifier_lib.config import Config
 from classifier_lib.data.dataset import DataBundle
 from classifier_lib.inference.predict import predict_logits, recalibrate_bn
+from classifier_lib.report.metrics import balanced_accuracy
 
 
 @torch.no_grad()
 def validate(
     model: nn.Module, data: DataBundle, config: Config, device: torch.device, dtype: torch.dtype | None, final: bool = False
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """({valid_loss, valid_acc}, the logits of every validation image, for the epoch's figures)."""
+    """({valid_loss, valid_acc, valid_balanced_acc}, the logits of every validation image, for the epoch's
+    figures)."""
     settings = config.data
     if final and config.train.recalibrate_bn:
         recalibrate_bn(model, data.train.images, data.mean, data.std, settings.effective_eval_size, device, dtype)
@@ -34,4 +36,9 @@ def validate(
     )
     labels = data.valid.labels
     accuracy = multiclass_accuracy(logits, labels, len(data.class_names), average="micro")
-    return {"valid_loss": F.cross_entropy(logits, labels).item(), "valid_acc": accuracy.item()}, logits
+    metrics = {
+        "valid_loss": F.cross_entropy(logits, labels).item(),
+        "valid_acc": accuracy.item(),
+        "valid_balanced_acc": balanced_accuracy(logits.argmax(dim=1).numpy(), labels.numpy()),
+    }
+    return metrics, logits
