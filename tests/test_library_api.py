@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import make_dataset
@@ -103,3 +105,56 @@ def test_a_checkpoint_written_before_the_layered_package_still_loads_and_predict
     assert before.predict(image) == now.predict(image)
     assert evaluate_checkpoint(tmp_path / "old.pt").accuracy == evaluate_checkpoint(result.last_checkpoint).accuracy
     assert held_out_of(load_model(tmp_path / "old.pt").config)[0].paths == held_out_of(now.loaded.config)[0].paths
+
+
+def test_metrics_that_fit_the_data():
+    from classifier_lib.report.metrics import balanced_accuracy, headline, most_confused, top_k_accuracy
+
+    labels = [0] * 8 + [1] * 2  # a large and a small class
+    predictions = [0] * 8 + [0, 1]
+    assert balanced_accuracy(predictions, labels) == pytest.approx((1.0 + 0.5) / 2)  # accuracy would say 0.9
+    scores = torch.tensor([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    assert top_k_accuracy(scores, [0, 1], k=1) == 0.0 and top_k_accuracy(scores, [0, 1], k=2) == 0.5
+    pairs = most_confused(np.array([[5, 3, 0], [1, 4, 0], [0, 0, 2]]), ["a", "b", "c"], 5)
+    assert pairs[["true", "predicted", "images"]].values.tolist() == [["a", "b", 3], ["b", "a", 1]]
+    summary = {"accuracy": 0.9, "balanced_accuracy": 0.75, "imbalanced": True, "top5_accuracy": 0.99}
+    assert headline(summary) == "balanced accuracy 0.7500, accuracy 0.9000, top-5 accuracy 0.9900"
+    assert headline(summary | {"imbalanced": False}).startswith("accuracy 0.9000")
+
+
+def test_the_balance_note_says_which_figure_to_read():
+    from classifier_lib.data.stats import balance_note
+
+    assert balance_note({"train": {"cat": 650, "dog": 650}}).startswith("Balanced")
+    note = balance_note({"train": {"a": 800, "b": 31}, "valid": {"a": 200, "b": 3}})
+    assert note.startswith("Imbalanced: the largest class has 25.8x") and "fewer than 5 validation images (b)" in note
+
+
+def test_tables_are_escaped_complete_and_foldable():
+    from classifier_lib.report.runs_table import settings_frame
+    from classifier_lib.report.tables import folded, scrollable
+
+    evil = "<img src=x onerror=alert(1)>"
+    frame = pd.DataFrame({"recall": [0.5] * 104}, index=[evil] + [f"class_{i}" for i in range(103)])
+    box = scrollable(frame, "104 classes", precision=3)
+    assert evil not in box and "&lt;img" in box and "class_102" in box and "overflow:auto" in box and "0.500" in box
+    fold = folded(settings_frame({"train.resume": None, "data.eval_size": 80}), "all 2 settings")
+    assert fold.startswith("<details><summary>all 2 settings</summary>") and ">none<" in fold
+
+
+def test_the_model_as_a_table_of_parts():
+    from classifier_lib.model.resnet import count_parameters, flops_per_image, layer_table
+
+    model = ResNet(3)
+    rows = layer_table(model, 64)
+    assert [row["part"] for row in rows] == ["stem", "stage 1", "stage 2", "stage 3", "stage 4", "head", "total"]
+    assert rows[1]["output"] == "32 x 32 x 32" and rows[-2]["output"] == "3"
+    assert rows[-1]["parameters"] == count_parameters(model)
+    assert rows[-1]["MFLOPs"] == pytest.approx(flops_per_image(model, 64) / 1e6, abs=0.2)
+
+
+def test_a_prediction_s_top_five():
+    from classifier_lib.inference.base import Prediction
+
+    probabilities = {f"c{i}": p for i, p in enumerate([0.05, 0.4, 0.1, 0.2, 0.15, 0.03, 0.07])}
+    assert list(Prediction("c1", 0.4, probabilities).top(5)) == ["c1", "c3", "c4", "c2", "c6"]

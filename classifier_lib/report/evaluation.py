@@ -76,7 +76,8 @@ class Evaluation:
 
     def per_class(self) -> pd.DataFrame:
         """Precision, recall, F1 and support of every class, worst recall first (no average rows)."""
-        return self.report().loc[self.class_names].sort_values(["recall", "f1-score"])
+        table = self.report().loc[self.class_names].sort_values(["recall", "f1-score"])
+        return table.astype({"support": int})
 
     def most_confused(self, count: int = 15) -> pd.DataFrame:
         """The pairs of classes most often mistaken for each other, most images first."""

@@ -45,7 +45,7 @@ def most_confused(confusion: np.ndarray, class_names: Sequence[str], count: int 
             "share of true class": confusion[i, j] / support[i] if support[i] else 0.0,
         }
         for i, j in order
-        if confusion[i, j] > 0
+        if off[i, j] > 0
     ]
     return pd.DataFrame(rows, columns=["true", "predicted", "images", "share of true class"])
 

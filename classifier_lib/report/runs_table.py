@@ -102,3 +102,8 @@ def styled_comparison(table: pd.DataFrame) -> Styler:
     """`comparison_table` for a report: accuracies as percentages, everything escaped."""
     percentages = {column: "{:.2%}" for column in ("final valid acc", "final balanced acc", "best valid acc") if column in table}
     return escaped(table.style, percentages, precision=4, na_rep="")
+
+
+def settings_frame(settings: dict[str, Any]) -> pd.DataFrame:
+    """Flat `section.field` settings as a one-column table of readable values (None as `none`)."""
+    return pd.DataFrame({"value": {key: "none" if value is None else str(value) for key, value in settings.items()}})

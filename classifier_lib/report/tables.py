@@ -25,3 +25,9 @@ def scrollable(frame: pd.DataFrame, caption: str = "", height: int = 420, **form
     table = escaped(frame.style, **format_options).set_sticky(axis="columns").to_html()
     title = f"<p><b>{html.escape(caption)}</b></p>" if caption else ""
     return f'{title}<div style="max-height:{height}px;overflow:auto;border:1px solid #ddd">{table}</div>'
+
+
+def folded(frame: pd.DataFrame, summary: str, **format_options) -> str:
+    """`frame` as an escaped HTML table folded under a one-line `summary` a reader can open."""
+    table = escaped(frame.style, **format_options).to_html()
+    return f"<details><summary>{html.escape(summary)}</summary>{table}</details>"
