@@ -338,3 +338,13 @@ def test_reports_stay_readable_at_a_hundred_unbalanced_classes(tmp_path):
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluation["imbalanced"] and 0 <= evaluation["balanced_accuracy"] <= 1 and "top5_accuracy" in evaluation
     assert len(evaluation["per_class"]) >= 101
+    with browser_page() as page:  # as a person opens them: figures decoded, the long table scrolls in its box
+        for name in ("01_data_stats", "03_evaluation"):
+            page.goto((reports / run_dir.name / f"{name}.html").as_uri())
+            page.wait_for_load_state("load")
+            widths = page.eval_on_selector_all("img", "images => images.map(img => img.naturalWidth)")
+            assert widths and min(widths) > 50, (name, widths)
+        assert max(widths) >= 800  # the 101-class confusion matrix is drawn large enough to read
+        box = page.locator("div[style*='overflow:auto']").first
+        assert box.evaluate("element => element.scrollHeight > element.clientHeight")
+        assert page.errors == []
