@@ -97,6 +97,9 @@ class TrainConfig:
     scheduler: str = "onecycle"  # onecycle | cosine | lambda | none
     lambda_decay: float = 0.95  # per-epoch factor of the "lambda" scheduler (the seed's)
     label_smoothing: float = 0.0
+    # imbalanced classes: none | sampler (each class drawn equally often, with replacement) | loss (each class's
+    # loss weighted by the inverse of its share); off by default: not yet measured on an imbalanced set
+    class_balance: str = "none"
     mix_p: float = 0.0  # share of batches mixed by CutMix or MixUp (half each); 0 = off
     mixup_alpha: float = 0.2
     cutmix_alpha: float = 1.0
@@ -184,6 +187,10 @@ class Config:
                 f"train.scheduler must be onecycle, cosine, lambda or none, got {train.scheduler!r}",
             ),
             (train.optimizer in ("sgd", "adamw"), f"train.optimizer must be sgd or adamw, got {train.optimizer!r}"),
+            (
+                train.class_balance in ("none", "sampler", "loss"),
+                f"train.class_balance must be none, sampler or loss, got {train.class_balance!r}",
+            ),
             (train.patience >= 0, f"train.patience must be 0 (off) or a number of epochs, got {train.patience}"),
             (train.validate_every >= 1, f"train.validate_every must be at least 1, got {train.validate_every}"),
             (

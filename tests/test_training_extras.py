@@ -10,7 +10,7 @@ from conftest import tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from classifier_lib.cli import main as cli_main
-from classifier_lib.config import ConfigError
+from classifier_lib.config import Config, ConfigError
 from classifier_lib.data.dataset import batches, load_data
 from classifier_lib.inference.checkpoint import read_checkpoint
 from classifier_lib.report import plots
@@ -215,3 +215,36 @@ def test_lookahead_restarts_the_training_weights_from_the_average_every_n_steps(
 def test_lookahead_needs_the_average(tiny_data):
     with pytest.raises(ConfigError, match="lookahead_every needs the EMA"):
         tiny_config(tiny_data, **{"train.ema_decay": 0.0, "train.lookahead_every": 5}).validate()
+
+
+def test_class_balance_by_sampling_draws_each_class_equally_often(tmp_path):
+    """train.class_balance sampler: an epoch of an imbalanced split draws every class about as often."""
+    from classifier_lib.data.dataset import CachedImages, batches, class_weights
+
+    labels = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
+    data = CachedImages(torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8), labels, [str(i) for i in range(len(labels))])
+    assert class_weights(labels, 3).tolist() == pytest.approx([1000 / 2700, 1000 / 270, 1000 / 30])
+    drawn = torch.cat([y for _, y in batches(data, 50, torch.device("cpu"), torch.Generator().manual_seed(0), balanced=True)])
+    assert len(drawn) == 1000 and all(abs(share - 1 / 3) < 0.05 for share in (torch.bincount(drawn) / 1000).tolist())
+    plain = torch.cat([y for _, y in batches(data, 50, torch.device("cpu"), torch.Generator().manual_seed(0))])
+    assert torch.bincount(plain).tolist() == [900, 90, 10]
+
+
+@pytest.mark.parametrize("balance", ["sampler", "loss"])
+def test_class_balance_options_train(tmp_path, balance):
+    from conftest import make_image
+
+    for name, colour, count in (("cat", (200, 60, 60), 16), ("dog", (60, 200, 60), 4)):
+        for i in range(count):
+            make_image(tmp_path / "data" / "Train" / name / f"{i}.png", colour, seed=i + count)
+            if i < 3:
+                make_image(tmp_path / "data" / "Valid" / name / f"{i}.png", colour, seed=100 + i + count)
+    config = tiny_config(tmp_path / "data", **{"train.class_balance": balance, "train.epochs": 2})
+    trainer = Trainer(config, load_data(config.data), torch.device("cpu"))
+    assert (trainer.loss_weights is not None) == (balance == "loss")
+    if balance == "loss":
+        assert trainer.loss_weights.tolist() == pytest.approx([20 / 32, 20 / 8])
+    result = train(config, runs_root=tmp_path / "runs")
+    assert len(result.history) == 2 and "valid_balanced_acc" in result.history[-1]
+    with pytest.raises(ConfigError, match="train.class_balance"):
+        Config().override({"train.class_balance": "oversample"}).validate()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
 from classifier_lib.data.cache import decode_into_cache, entry_stem, open_entry, write_entry_index
 from classifier_lib.config import DataConfig
@@ -265,17 +265,29 @@ def _train_and_valid(splits: Splits, config: DataConfig, seed: int):
     return train.data.select(train_index), train.data.select(valid_index), train.skipped, source
 
 
+def class_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per class, the inverse of its share of `labels`, scaled so that a balanced set gets 1 everywhere
+    (a class absent from `labels` gets 0)."""
+    counts = torch.bincount(labels.cpu(), minlength=classes).double()
+    return torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), 0.0).float()
+
+
 def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-            rank: int = 0, world: int = 1):
+            rank: int = 0, world: int = 1, balanced: bool = False):
     """A DataLoader yielding whole batches straight from the in-memory tensors.
 
     With a generator the order is shuffled and the last incomplete batch dropped (training);
-    without one the order is kept and every sample is seen (evaluation). With several processes
-    every rank draws the same order and takes every `world`-th batch from its `rank` on, all ranks
-    the same number of them.
+    without one the order is kept and every sample is seen (evaluation). `balanced` (training) draws
+    as many images, with replacement, each class equally often. With several processes every rank
+    draws the same order and takes every `world`-th batch from its `rank` on, all ranks the same
+    number of them.
     """
     sampler: BatchSampler | list[list[int]]
-    if generator is not None:
+    if generator is not None and balanced:
+        weights = class_weights(dataset.labels, int(dataset.labels.max()) + 1)[dataset.labels.cpu()]
+        draws = WeightedRandomSampler(weights.tolist(), len(dataset), replacement=True, generator=generator)
+        sampler = BatchSampler(draws, batch_size, drop_last=len(dataset) > batch_size)
+    elif generator is not None:
         sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=len(dataset) > batch_size)
     else:
         sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from classifier_lib.config import Config
 from classifier_lib.data.augment import BatchAugment, Mixer, normalize, resize, train_size
-from classifier_lib.data.dataset import DataBundle, batches
+from classifier_lib.data.dataset import DataBundle, batches, class_weights
 from classifier_lib.data.stats import is_imbalanced
 from classifier_lib.model.resnet import flops_per_image
 from classifier_lib.training.state import TrainState
@@ -67,6 +67,8 @@ class Trainer:
         self.mixer = Mixer(self.num_classes, train.mix_p, train.mixup_alpha, train.cutmix_alpha) if train.mix_p else None
         self.flops_per_image = flops_per_image(self.state.model, config.data.image_size)
         self.valid_logits = torch.empty(0)
+        balance = train.class_balance
+        self.loss_weights = class_weights(data.train.labels, self.num_classes).to(device) if balance == "loss" else None
         # then the epoch lines headline balanced accuracy beside accuracy
         self.imbalanced = is_imbalanced(dict(enumerate(torch.bincount(data.train.labels.cpu()).tolist())))
 
@@ -81,7 +83,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        loader = batches(self.data.train, self.config.data.batch_size, self.device, order, self.rank, self.world)
+        balanced = self.config.train.class_balance == "sampler"
+        loader = batches(self.data.train, self.config.data.batch_size, self.device, order, self.rank, self.world, balanced)
         bar = tqdm(
             loader, desc=f"epoch {self.state.epoch + 1}/{self.config.train.epochs}", leave=False, disable=not batch_bars_wanted()
         )
@@ -117,7 +120,9 @@ class Trainer:
         inputs = normalize(images, self.data.mean, self.data.std, self.config.train.channels_last)
         with autocast(self.device, self.dtype):
             logits = self.state.wrapped(inputs)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.train.label_smoothing)
+            loss = F.cross_entropy(
+                logits.float(), labels, weight=self.loss_weights, label_smoothing=self.config.train.label_smoothing
+            )
         self.state.optimizer.zero_grad(set_to_none=True)
         self.state.scaler.scale(loss).backward()
         self.state.scaler.step(self.state.optimizer)
