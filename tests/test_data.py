@@ -53,6 +53,8 @@ def test_held_out_split_keeps_class_proportions_and_one_image_on_each_side():
     counts = np.bincount(labels[chosen], minlength=4)
     assert abs(counts[0] - 600) < 75 and abs(counts[1] - 200) < 45  # about 20 % (4 sd of a binomial)
     assert counts[2] == 1 and counts[3] == 0  # two images: one each side; one image: it trains
+    ten = held_out_split(_paths(10, "small"), np.zeros(10, dtype=int), 0.05, seed=0, root="/data/Train")[0]
+    assert len(ten) == 3  # 5 % of 10 would be none: a class keeps a few images to be measured on
     assert sorted(np.concatenate([chosen, rest]).tolist()) == list(range(len(labels)))
 
 

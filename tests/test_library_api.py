@@ -126,8 +126,19 @@ def test_the_balance_note_says_which_figure_to_read():
     from classifier_lib.data.stats import balance_note
 
     assert balance_note({"train": {"cat": 650, "dog": 650}}).startswith("Balanced")
-    note = balance_note({"train": {"a": 800, "b": 31}, "valid": {"a": 200, "b": 3}})
-    assert note.startswith("Imbalanced: the largest class has 25.8x") and "fewer than 5 validation images (b)" in note
+    assert balance_note({"train": {"a": 800, "b": 31}}).startswith("Imbalanced: the largest class has 25.8x")
+
+
+def test_the_validation_note_names_classes_too_small_to_measure(tmp_path):
+    from classifier_lib.config import DataConfig
+    from classifier_lib.data.stats import validation_note
+
+    root = make_dataset(tmp_path / "d", per_class=(6, 2))
+    note = validation_note(load_data(DataConfig(data_dir=str(root), image_size=16)))
+    assert note.startswith("3 of 3 classes have fewer than 5 validation images (cat, dog, panda)")
+    assert (
+        validation_note(load_data(DataConfig(data_dir=str(make_dataset(tmp_path / "e", per_class=(6, 5))), image_size=16))) == ""
+    )
 
 
 def test_tables_are_escaped_complete_and_foldable():

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from PIL import Image
 
 from classifier_lib.data.dataset import DataBundle
@@ -69,8 +70,7 @@ FEW_TO_MEASURE = 5  # validation images of a class below which its recall says l
 
 def balance_note(counts: dict[str, dict[str, int]]) -> str:
     """What the class counts mean for the figures to read, in words: whether the training classes are
-    balanced (then accuracy is a fair headline) or not (then balanced accuracy is), and which classes
-    have too few validation images to measure."""
+    balanced (then accuracy is a fair headline) or not (then balanced accuracy is)."""
     train = next(iter(counts.values()), {})
     if not train:
         return "no labelled images"
@@ -83,13 +83,19 @@ def balance_note(counts: dict[str, dict[str, int]]) -> str:
     else:
         note = (f"Balanced: the largest class has {ratio:.2f}x the images of the smallest, so plain accuracy is a fair "
                 "headline (balanced accuracy is reported beside it).")
-    valid = counts.get("valid", {})
-    few = sorted(name for name, count in valid.items() if count < FEW_TO_MEASURE)
-    if few:
-        shown = ", ".join(few[:10]) + (f" and {len(few) - 10} more" if len(few) > 10 else "")
-        note += (f" {len(few)} classes have fewer than {FEW_TO_MEASURE} validation images ({shown}): their recall is "
-                 "measured on too few images to trust.")
     return note
+
+
+def validation_note(data: DataBundle) -> str:
+    """The classes with fewer than FEW_TO_MEASURE validation images (a Valid folder or the held-out part of
+    Train), whose recall says little, in words ("" when there are none)."""
+    counts = torch.bincount(data.valid.labels.cpu(), minlength=len(data.class_names)).tolist()
+    few = [name for name, count in zip(data.class_names, counts) if count < FEW_TO_MEASURE]
+    if not few:
+        return ""
+    shown = ", ".join(few[:10]) + (f" and {len(few) - 10} more" if len(few) > 10 else "")
+    return (f"{len(few)} of {len(counts)} classes have fewer than {FEW_TO_MEASURE} validation images ({shown}): "
+            "their recall is measured on too few images to trust.")
 
 
 IMBALANCE_RATIO = 1.5  # largest class over smallest: above it, balanced accuracy is the fair headline
