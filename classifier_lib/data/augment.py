@@ -4,6 +4,7 @@ Augmenting a whole uint8 batch at once (one `grid_sample` for every sample's ran
 replaces the per-image PIL transforms of DataLoader workers, which on a 2-core machine would
 compete with the model for the same cores.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,11 +70,18 @@ class BatchAugment:
 
     @classmethod
     def from_config(cls, data: DataConfig) -> BatchAugment:
-        return cls(zoom=(1.0, data.zoom), rotate_degrees=data.rotate, brightness=data.jitter, contrast=data.jitter,
-                   saturation=data.jitter, equalize_p=data.equalize_p, grey_p=data.grey_p, blur_p=data.blur_p)
+        return cls(
+            zoom=(1.0, data.zoom),
+            rotate_degrees=data.rotate,
+            brightness=data.jitter,
+            contrast=data.jitter,
+            saturation=data.jitter,
+            equalize_p=data.equalize_p,
+            grey_p=data.grey_p,
+            blur_p=data.blur_p,
+        )
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                 size: int | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
         """Augment a uint8 batch, resized to `size` (progressive resizing) before the random affine."""
         n = images.shape[0]
 
@@ -144,8 +152,9 @@ class Mixer:
 
     def __init__(self, num_classes: int, p: float, mixup_alpha: float, cutmix_alpha: float):
         self.p = p
-        self.mix = v2.RandomChoice([v2.CutMix(num_classes=num_classes, alpha=cutmix_alpha),
-                                    v2.MixUp(num_classes=num_classes, alpha=mixup_alpha)])
+        self.mix = v2.RandomChoice(
+            [v2.CutMix(num_classes=num_classes, alpha=cutmix_alpha), v2.MixUp(num_classes=num_classes, alpha=mixup_alpha)]
+        )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
         if torch.rand((), generator=generator) < self.p:

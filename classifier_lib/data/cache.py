@@ -8,6 +8,7 @@ capped in size (`$CLASSIFIER_CACHE_MAX_GB`), the least recently used entries goi
 key covers the absolute paths, sizes and dates of the files, the size, and a fingerprint of the
 decoding code and Pillow's version, so pixels decoded another way are never reused.
 """
+
 from __future__ import annotations
 
 import errno
@@ -22,8 +23,8 @@ import numpy as np
 import PIL
 import torch
 
-from classifier_lib.data import images as images_module
 from classifier_lib.config import ConfigError
+from classifier_lib.data import images as images_module
 from classifier_lib.utils.fileio import atomic_write
 
 CACHE_VERSION = 3
@@ -124,8 +125,7 @@ def make_room(needed: int) -> list[Path]:
     if not limit:
         return []
     entries = sorted(cache_dir().glob("images_*.json"), key=lambda index: index.stat().st_mtime)
-    sizes = {index: index.with_suffix(".npy").stat().st_size if index.with_suffix(".npy").exists() else 0
-             for index in entries}
+    sizes = {index: index.with_suffix(".npy").stat().st_size if index.with_suffix(".npy").exists() else 0 for index in entries}
     total, removed = sum(sizes.values()), []
     for index in entries:
         if total + needed <= limit:

@@ -8,10 +8,9 @@ Every image is decoded once (in parallel), resized to the largest resolution a r
 as one `N x 3 x S x S` uint8 tensor, backed by a memory-mapped file of the on-disk cache (`cache`),
 so the next run or notebook starts in a second and memory stays bounded by the batches in use.
 """
+
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
 
-from classifier_lib.data.cache import decode_into_cache, entry_stem, open_entry, write_entry_index
 from classifier_lib.config import DataConfig
+from classifier_lib.data.cache import decode_into_cache, entry_stem, open_entry, write_entry_index
 from classifier_lib.data.folders import DataLayoutError, FlatImageDataset, Splits, find_splits, list_labelled
 from classifier_lib.data.splits import held_out_split, refuse_validation_images, split_record, stratified_subset
 
@@ -46,8 +45,9 @@ class ImageRows:
         return ImageRows(self.parts, self.part[indices], self.row[indices])
 
     def concat(self, other: ImageRows) -> ImageRows:
-        return ImageRows(self.parts + other.parts, torch.cat([self.part, other.part + len(self.parts)]),
-                         torch.cat([self.row, other.row]))
+        return ImageRows(
+            self.parts + other.parts, torch.cat([self.part, other.part + len(self.parts)]), torch.cat([self.row, other.row])
+        )
 
     def __len__(self) -> int:
         return len(self.row)
@@ -112,8 +112,7 @@ class CachedImages(Dataset):
     def select(self, indices) -> CachedImages:
         """Some of the images, as rows of the same tensors: the pixels are not copied."""
         indices = torch.as_tensor(indices, dtype=torch.long)
-        return CachedImages(ImageRows.of(self.images).select(indices), self.labels[indices],
-                            [self.paths[i] for i in indices])
+        return CachedImages(ImageRows.of(self.images).select(indices), self.labels[indices], [self.paths[i] for i in indices])
 
     def to(self, device: torch.device) -> CachedImages:
         """The same images and labels on `device` (e.g. the whole set on a GPU it fits on)."""
@@ -121,8 +120,11 @@ class CachedImages(Dataset):
 
     def concat(self, other: CachedImages) -> CachedImages:
         """Both sets of images, as rows of their tensors: the pixels are not copied."""
-        return CachedImages(ImageRows.of(self.images).concat(ImageRows.of(other.images)),
-                            torch.cat([self.labels, other.labels]), self.paths + other.paths)
+        return CachedImages(
+            ImageRows.of(self.images).concat(ImageRows.of(other.images)),
+            torch.cat([self.labels, other.labels]),
+            self.paths + other.paths,
+        )
 
 
 @dataclass
@@ -149,8 +151,7 @@ class DataBundle:
     split: dict = field(default_factory=dict)  # split_record: which files each split holds, as digests
 
 
-def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0,
-               every_class: bool = True) -> LabelledSplit:
+def load_split(split_dir: Path, class_names: list[str], size: int, workers: int = 0, every_class: bool = True) -> LabelledSplit:
     """Decode one labelled split into the on-disk cache, or map the cached copy when files and
     preprocessing are unchanged.
 
@@ -164,13 +165,16 @@ def load_split(split_dir: Path, class_names: list[str], size: int, workers: int 
     if cached is not None:  # labels come from today's class list, never from the cache (classes may have been added)
         images, cached_paths, cached_skipped = cached
         label_of = dict(zip(map(str, paths), labels))
-        return LabelledSplit(CachedImages(images, torch.tensor([label_of[p] for p in cached_paths], dtype=torch.long),
-                                          cached_paths), cached_skipped)
+        return LabelledSplit(
+            CachedImages(images, torch.tensor([label_of[p] for p in cached_paths], dtype=torch.long), cached_paths),
+            cached_skipped,
+        )
     dataset = FlatImageDataset(paths, size)
     desc = f"decoding {split_dir.name}"
     try:
-        images, kept, unreadable = decode_into_cache(entry, len(dataset), size,
-                                                     lambda out: dataset.decode_all(workers, desc, out))
+        images, kept, unreadable = decode_into_cache(
+            entry, len(dataset), size, lambda out: dataset.decode_all(workers, desc, out)
+        )
     except OSError:  # the cache only saves time and memory; a read-only or full disk must not stop training
         images, kept, unreadable = dataset.decode_all(workers, desc)
     if not kept:
@@ -197,16 +201,6 @@ def channel_stats(images: Images, chunk: int = 256) -> tuple[tuple[float, ...], 
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-
-
-
-
-
-
-
-
-
-
 def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
     """Decode (or load from cache) both splits described by `config` and compute the normalisation."""
     splits = find_splits(config.data_dir)
@@ -227,8 +221,18 @@ def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
         names = [splits.class_names[i] for i in missing]
         raise DataLayoutError(f"no readable training images for classes {names} in {splits.train}")
     mean, std = channel_stats(train.images)
-    return DataBundle(train, valid, splits.class_names, mean, std, splits, skipped, valid_source, extra_images,
-                      split_record(train.paths, held_out.paths, splits.root))
+    return DataBundle(
+        train,
+        valid,
+        splits.class_names,
+        mean,
+        std,
+        splits,
+        skipped,
+        valid_source,
+        extra_images,
+        split_record(train.paths, held_out.paths, splits.root),
+    )
 
 
 def load_held_out(config: DataConfig, seed: int, split: str = "valid") -> tuple[CachedImages, str]:
@@ -251,8 +255,6 @@ def load_extra(config: DataConfig, class_names: list[str]) -> LabelledSplit:
     return load_split(folder, class_names, config.decode_size, config.workers, every_class=False)
 
 
-
-
 def _train_and_valid(splits: Splits, config: DataConfig, seed: int):
     """(train, valid, skipped files, what valid is): the Valid folder, else a seeded split of Train."""
     size = config.decode_size
@@ -272,8 +274,15 @@ def class_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), 0.0).float()
 
 
-def batches(dataset: CachedImages, batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-            rank: int = 0, world: int = 1, balanced: bool = False):
+def batches(
+    dataset: CachedImages,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    rank: int = 0,
+    world: int = 1,
+    balanced: bool = False,
+):
     """A DataLoader yielding whole batches straight from the in-memory tensors.
 
     With a generator the order is shuffled and the last incomplete batch dropped (training);

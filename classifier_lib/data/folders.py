@@ -3,6 +3,7 @@
 Layout: `DATA_DIR/{Train,train}/<class>/...` and optionally `DATA_DIR/{Valid,valid,val}/<class>/...`
 and `DATA_DIR/{Test,test}/...` (unlabelled, flat or nested).
 """
+
 from __future__ import annotations
 
 import gc
@@ -13,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from classifier_lib.utils.device import usable_cpus
 from classifier_lib.data.images import IMAGE_EXTENSIONS, UnreadableImage, is_image_file, load_image
+from classifier_lib.utils.device import usable_cpus
 from classifier_lib.utils.progress import progress_bar_wanted
 
 TRAIN_NAMES = ("Train", "train", "training")
@@ -51,8 +52,7 @@ def find_splits(data_dir: str | Path) -> Splits:
     class_names = class_folders(train)
     if len(class_names) < 2:
         raise DataLayoutError(
-            f"{train} has {len(class_names)} class folder(s) {class_names}; a classifier needs at least two; "
-            + EXPECTED_LAYOUT
+            f"{train} has {len(class_names)} class folder(s) {class_names}; a classifier needs at least two; " + EXPECTED_LAYOUT
         )
     if valid is not None:
         valid_classes = class_folders(valid)
@@ -98,8 +98,7 @@ def list_labelled(split_dir: Path, class_names: list[str], every_class: bool = T
     # Train defines the classes and find_splits checked Valid against them: only an extra folder needs this
     unknown = [] if every_class else sorted(set(class_folders(split_dir)) - set(class_names))
     if unknown:
-        raise DataLayoutError(f"{split_dir} has class folders {unknown} that the training data does not have "
-                              f"{class_names}")
+        raise DataLayoutError(f"{split_dir} has class folders {unknown} that the training data does not have {class_names}")
     paths, labels, skipped = [], [], []
     for label, name in enumerate(class_names):
         class_paths, class_skipped = list_images(split_dir / name) if (split_dir / name).is_dir() else ([], [])
@@ -176,7 +175,6 @@ class FlatImageDataset(Dataset):
             kept += indices
             skipped += failures
         return images[: len(kept)], kept, skipped
-
 
 
 def _first_existing(root: Path, names: tuple[str, ...]) -> Path | None:

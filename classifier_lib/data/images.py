@@ -3,6 +3,7 @@
 Training, evaluation and inference all go through `load_image`, so the pixels a model sees at
 prediction time are produced exactly as during training.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,9 +38,7 @@ def load_image(source: str | Path | bytes, size: int) -> torch.Tensor:
         with warnings.catch_warnings(), Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as file:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if file.width * file.height > MAX_PIXELS:
-                raise UnreadableImage(
-                    f"{name}: {file.width}x{file.height} pixels is over the {MAX_PIXELS:,} pixel limit"
-                )
+                raise UnreadableImage(f"{name}: {file.width}x{file.height} pixels is over the {MAX_PIXELS:,} pixel limit")
             file.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
             image = to_rgb(ImageOps.exif_transpose(file))
             image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)

@@ -4,6 +4,7 @@ digests that record a run's split, and the check that extra training files are n
 Membership is a function of each file's path (relative to its folder) and the seed alone, so adding,
 removing or renaming a file never moves another one between training and validation.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,16 +55,24 @@ def stratified_subset(paths: list[str], labels, fraction: float, seed: int, root
 def _scores(paths: list[str], seed: int, root: str | Path, purpose: str) -> np.ndarray:
     """A deterministic number in [0, 1) per file from (purpose, seed, path relative to `root`), the same
     on every machine and Python version."""
-    return np.array([int.from_bytes(hashlib.sha1(f"{purpose}|{seed}|{os.path.relpath(path, root)}".encode()).digest()[:8],
-                                    "big") / 2**64 for path in paths])
+    return np.array(
+        [
+            int.from_bytes(hashlib.sha1(f"{purpose}|{seed}|{os.path.relpath(path, root)}".encode()).digest()[:8], "big") / 2**64
+            for path in paths
+        ]
+    )
 
 
 def split_record(train: list[str], valid: list[str], root: str | Path) -> dict[str, int | str]:
     """Which files a run trains on and holds out for validation (before any `data.subset`), as counts and
     digests of their paths relative to the data folder: saved in metrics.json and every checkpoint, and
     compared by whatever rebuilds a split (evaluation, resume)."""
-    return {"train_files": len(train), "train_digest": files_digest(train, root),
-            "valid_files": len(valid), "valid_digest": files_digest(valid, root)}
+    return {
+        "train_files": len(train),
+        "train_digest": files_digest(train, root),
+        "valid_files": len(valid),
+        "valid_digest": files_digest(valid, root),
+    }
 
 
 def files_digest(paths: list[str], root: str | Path) -> str:
@@ -75,6 +84,7 @@ def files_digest(paths: list[str], root: str | Path) -> str:
 def refuse_validation_images(extra: list[str], valid: list[str], source: str) -> None:
     """Refuse extra training files that are validation images: the same file (a hard link has another
     path but the same device and inode) or a copy of one (same size and content)."""
+
     def identity(path: str) -> tuple[int, int]:
         stat = os.stat(path)
         return stat.st_dev, stat.st_ino
@@ -93,14 +103,16 @@ def refuse_validation_images(extra: list[str], valid: list[str], source: str) ->
     leaks = []
     for path in extra:
         same = valid_ids.get(identity(path)) or next(
-            (other for other in valid_by_size.get(os.path.getsize(path), []) if content(other) == content(path)), None)
+            (other for other in valid_by_size.get(os.path.getsize(path), []) if content(other) == content(path)), None
+        )
         if same:
             leaks.append((path, same))
     if leaks:
         raise DataLayoutError(
             f"{len(leaks)} images of data.extra_train_dir {source} are validation images (e.g. {leaks[0][0]} is "
             f"{leaks[0][1]}): training on them would make the validation accuracy no score; pseudo-label a folder "
-            "outside Train/ and Valid/")
+            "outside Train/ and Valid/"
+        )
 
 
 def spread_classes(classes: int, limit: int) -> list[int]:

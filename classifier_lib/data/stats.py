@@ -1,4 +1,5 @@
 """Dataset statistics for the data report: per-file size and colour mode, read from headers only."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -61,8 +62,12 @@ def data_stats(files: pd.DataFrame, data: DataBundle) -> dict:
     """What a run keeps as `data_stats.json`: images per class and split, the normalisation, and every
     file that could not be used with the reason."""
     problems, decode_failures = unusable_files(files, data.skipped)
-    return {"counts": counts_per_class(files), "mean": list(data.mean), "std": list(data.std),
-            "skipped": problems[["path", "problem"]].values.tolist() + [list(pair) for pair in decode_failures]}
+    return {
+        "counts": counts_per_class(files),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "skipped": problems[["path", "problem"]].values.tolist() + [list(pair) for pair in decode_failures],
+    }
 
 
 FEW_TO_MEASURE = 5  # validation images of a class below which its recall says little
@@ -77,12 +82,16 @@ def balance_note(counts: dict[str, dict[str, int]]) -> str:
     largest, smallest = max(train, key=train.__getitem__), min(train, key=train.__getitem__)
     ratio = imbalance(train)
     if is_imbalanced(train):
-        note = (f"Imbalanced: the largest class has {ratio:.1f}x the images of the smallest ({largest}: {train[largest]}, "
-                f"{smallest}: {train[smallest]}). Plain accuracy favours the large classes, so the reports headline "
-                "balanced accuracy (the mean recall per class) beside it.")
+        note = (
+            f"Imbalanced: the largest class has {ratio:.1f}x the images of the smallest ({largest}: {train[largest]}, "
+            f"{smallest}: {train[smallest]}). Plain accuracy favours the large classes, so the reports headline "
+            "balanced accuracy (the mean recall per class) beside it."
+        )
     else:
-        note = (f"Balanced: the largest class has {ratio:.2f}x the images of the smallest, so plain accuracy is a fair "
-                "headline (balanced accuracy is reported beside it).")
+        note = (
+            f"Balanced: the largest class has {ratio:.2f}x the images of the smallest, so plain accuracy is a fair "
+            "headline (balanced accuracy is reported beside it)."
+        )
     return note
 
 
@@ -94,8 +103,10 @@ def validation_note(data: DataBundle) -> str:
     if not few:
         return ""
     shown = ", ".join(few[:10]) + (f" and {len(few) - 10} more" if len(few) > 10 else "")
-    return (f"{len(few)} of {len(counts)} classes have fewer than {FEW_TO_MEASURE} validation images ({shown}): "
-            "their recall is measured on too few images to trust.")
+    return (
+        f"{len(few)} of {len(counts)} classes have fewer than {FEW_TO_MEASURE} validation images ({shown}): "
+        "their recall is measured on too few images to trust."
+    )
 
 
 IMBALANCE_RATIO = 1.5  # largest class over smallest: above it, balanced accuracy is the fair headline
