@@ -52,6 +52,18 @@ def tiny_data(tmp_path) -> Path:
     return make_dataset(tmp_path / "data")
 
 
+# tiny_config's network, as command-line flags (for tests that train through the CLI)
+TINY_MODEL_FLAGS = ["--set", "model.widths", "8,16", "--set", "model.blocks", "1,1"]
+
+
+def tiny_train_args(data_dir, runs, epochs: int) -> list[str]:
+    """`-m classifier_lib train ...` for a tiny run: the arguments after `python` (or torchrun)."""
+    return [
+        "-m", "classifier_lib", "train", "--data-dir", str(data_dir), "--runs-dir", str(runs), "--epochs", str(epochs),
+        "--image-size", "32", "--batch-size", "8", "--lr", "0.05", *TINY_MODEL_FLAGS, "--set", "data.workers", "1",
+    ]  # fmt: skip
+
+
 def tiny_config(data_dir: Path, **overrides) -> Config:
     """A config that trains in a second or two on tiny data."""
     values = {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REAL_DATA, make_dataset, needs_real_data
+from conftest import tiny_train_args as shared_tiny_train_args
 
 from classifier_lib.cli import main as cli_main
 from classifier_lib.data.dataset import batches
@@ -26,35 +27,7 @@ def torchrun(*args: str, processes: int = 2, timeout: int = 600) -> subprocess.C
 
 
 def tiny_train_args(data: Path, runs: Path, epochs: int) -> list[str]:
-    return [
-        "-m",
-        "classifier_lib",
-        "train",
-        "--data-dir",
-        str(data),
-        "--runs-dir",
-        str(runs),
-        "--epochs",
-        str(epochs),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--lr",
-        "0.05",
-        "--set",
-        "model.widths",
-        "8,16",
-        "--set",
-        "model.blocks",
-        "1,1",
-        "--set",
-        "data.eval_size",
-        "32",
-        "--set",
-        "data.workers",
-        "1",
-    ]
+    return [*shared_tiny_train_args(data, runs, epochs), "--set", "data.eval_size", "32"]
 
 
 def test_ranks_take_disjoint_equal_shares_of_the_same_order():

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, make_image
+from conftest import COLOURS, TINY_MODEL_FLAGS, make_image
 
 from classifier_lib import cli
 from classifier_lib.data.folders import find_splits
@@ -108,12 +108,7 @@ def test_cli_train_evaluate_predict_submit(tiny_data, tmp_path, capsys):
                 "2",
                 "--image-size",
                 "32",
-                "--set",
-                "model.widths",
-                "8,16",
-                "--set",
-                "model.blocks",
-                "1,1",
+                *TINY_MODEL_FLAGS,
             ]
         )
         == 0
@@ -232,12 +227,7 @@ def test_cli_evaluate_on_the_held_out_part_of_train_without_valid(tmp_path, caps
                 "1",
                 "--image-size",
                 "32",
-                "--set",
-                "model.widths",
-                "8,16",
-                "--set",
-                "model.blocks",
-                "1,1",
+                *TINY_MODEL_FLAGS,
             ]
         )
         == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, make_dataset, make_image, tiny_config
+from conftest import COLOURS, make_dataset, make_image, tiny_config, tiny_train_args
 from PIL import Image
 
 from classifier_lib import cli
@@ -279,37 +279,7 @@ def test_training_survives_a_failed_save_and_says_so(tiny_data, tmp_path, monkey
 
 
 def _train_command(data_dir, runs, epochs, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "classifier_lib",
-        "train",
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs),
-        "--epochs",
-        str(epochs),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--lr",
-        "0.05",
-        "--set",
-        "model.widths",
-        "8,16",
-        "--set",
-        "model.blocks",
-        "1,1",
-        "--set",
-        "system.threads",
-        "1",
-        "--set",
-        "data.workers",
-        "1",
-        *extra,
-    ]
+    return [sys.executable, *tiny_train_args(data_dir, runs, epochs), "--set", "system.threads", "1", *extra]
 
 
 def _wait_for(path: Path, process, timeout=120):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import TINY_MODEL_FLAGS, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from classifier_lib.cli import main as cli_main
@@ -154,12 +154,7 @@ def test_lr_find_command_saves_the_plot(tiny_data, tmp_path, capsys):
             "12",
             "-o",
             str(plot),
-            "--set",
-            "model.widths",
-            "8,16",
-            "--set",
-            "model.blocks",
-            "1,1",
+            *TINY_MODEL_FLAGS,
             "--set",
             "data.image_size",
             "32",
