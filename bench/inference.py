@@ -1,5 +1,5 @@
 """Inference speed, PyTorch beside ONNX Runtime: batched images/s from decoded tensors, and one
-image from JPEG file to label, in one run on this machine (its bf16 matmul peak printed beside).
+image from JPEG file to label, in one run on this machine (its matmul peak printed beside).
 
     python bench/inference.py [--checkpoint runs/version_N/checkpoints/last.pt] [--data-dir DIR]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from machine import matmul_peak  # bench/machine.py, beside this script
+from machine import peak_line  # bench/machine.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.config import Config  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> None:
         checkpoint = args.checkpoint or random_checkpoint(Path(tmp))
         print(
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, onnxruntime {onnxruntime.__version__}; "
-            f"bf16 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s; checkpoint {args.checkpoint or '(random weights)'}"
+            f"{peak_line()}; checkpoint {args.checkpoint or '(random weights)'}"
         )
         onnx_file = export(checkpoint, Path(tmp) / "model.onnx").path
         predictors = {

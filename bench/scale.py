@@ -11,7 +11,7 @@ in a fresh process and prints: decode throughput (images/s), the cache's size on
 throughput of one training epoch at the default recipe (and the test size), and of the submission;
 for each phase the peak resident memory of the process (VmHWM: it counts the pages of the mapped
 cache that are in RAM, which the kernel can drop at will) and the peak of its anonymous memory
-(RssAnon, sampled every 50 ms: what the process itself holds). The machine's bf16 matmul peak is
+(RssAnon, sampled every 50 ms: what the process itself holds). The machine's matmul peak is
 printed beside the times. Target (issue 11): peak RSS <= 2 GiB at 50,000 images and 64 px, time
 linear in N.
 """
@@ -30,7 +30,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from machine import matmul_peak  # bench/machine.py, beside this script
+from machine import peak_line  # bench/machine.py, beside this script
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -162,7 +162,7 @@ def main() -> None:
         print(json.dumps(run_phase(args.phase, Path(args.root), args.image_size)))
         return
     layout = "Train/ alone (held-out split)" if args.no_valid else "Train/ and Valid/"
-    print(f"bf16 matmul peak of this machine: {matmul_peak() / 1e9:.0f} GFLOP/s; training at {args.image_size} px; {layout}")
+    print(f"{peak_line()}; training at {args.image_size} px; {layout}")
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         results = {count: measure(count, args.image_size, Path(scratch), not args.no_valid) for count in args.sizes}
     if len(results) > 1:

@@ -6,7 +6,7 @@
 For every seed: trains the recipe (the default config, a preset, plus any `-s key value` overrides)
 in a new run folder and prints the last-epoch validation accuracy (no epoch is picked on Valid),
 the wall time at which validation accuracy first reached 85 / 90 / 95 %, the wall time and the peak
-resident memory; then mean ± std over the seeds. The machine's bf16 matmul peak is measured in the
+resident memory; then mean ± std over the seeds. The machine's matmul peak (in the precision training uses) is measured in the
 same run: machines here differ up to 2x in speed, so a time only means something beside it.
 
 `--eval-sizes` also scores each run's last.pt at other test resolutions, as saved and with its
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import matmul_peak  # bench/machine.py, beside this script
+from machine import training_peak  # bench/machine.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.config import Config  # noqa: E402
@@ -100,8 +100,8 @@ def main() -> None:
     if args.score:
         score_runs(args.score, args.eval_sizes)
         return
-    peak = matmul_peak()
-    print(f"bf16 matmul peak of this machine: {peak / 1e9:.0f} GFLOP/s")
+    precision, peak = training_peak()
+    print(f"{precision} matmul peak of this machine: {peak / 1e9:.0f} GFLOP/s")
     rows = []
     for seed in args.seeds:
         config = preset_config(args.preset).override({"data.data_dir": str(args.data_dir), "system.seed": seed} | dict(args.set))
@@ -135,7 +135,7 @@ def main() -> None:
             f"train {row['train_s']:.0f} s  wall {wall_s:.0f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  {sizes}",
             flush=True,
         )
-    print(f"\n{len(rows)} seeds, bf16 matmul peak {peak / 1e9:.0f} GFLOP/s, overrides {dict(args.set)}")
+    print(f"\n{len(rows)} seeds, {precision} matmul peak {peak / 1e9:.0f} GFLOP/s, overrides {dict(args.set)}")
     print(f"final valid accuracy   {mean_std([r['final_valid_acc'] for r in rows])}")
     print(f"training time          {mean_std([r['train_s'] for r in rows], 's')}")
     for key in rows[0].get("at_size", {}):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import matmul_peak  # bench/machine.py, beside this script
+from machine import training_peak  # bench/machine.py, beside this script
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -30,7 +30,7 @@ from classifier_lib.data.dataset import load_split  # noqa: E402
 from classifier_lib.data.folders import find_splits  # noqa: E402
 from classifier_lib.model.resnet import ResNet, flops_per_image  # noqa: E402
 from classifier_lib.training.optim import make_optimizer  # noqa: E402
-from classifier_lib.utils.device import autocast, usable_cpus  # noqa: E402
+from classifier_lib.utils.device import autocast, autocast_dtype, usable_cpus  # noqa: E402
 
 SEED_SIZE, OUR_SIZE, BATCH = 238, Config().data.image_size, 64
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
@@ -96,7 +96,7 @@ def ours(train_dir: Path, class_names, size: int, steps: int) -> tuple[float, in
 
     def step(images, labels):
         inputs = normalize(augment(images, generator), (0.5,) * 3, (0.25,) * 3, channels_last=True)
-        with autocast(device, torch.bfloat16):
+        with autocast(device, autocast_dtype("auto", device)):  # what training uses on this CPU
             loss = F.cross_entropy(model(inputs).float(), labels)
         optimizer.zero_grad()
         loss.backward()
@@ -112,8 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     splits = find_splits(args.data_dir)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {usable_cpus()} cores, batch {BATCH}")
-    peak_bf16, peak_fp32 = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
-    print(f"matmul peak: bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f} GFLOP/s")
+    precision, peak = training_peak()
+    print(f"{precision} matmul peak: {peak / 1e9:.0f} GFLOP/s")
 
     results = {}
     for size in sorted({OUR_SIZE, SEED_SIZE}):
@@ -123,7 +123,7 @@ def main() -> None:
         print(
             f"{size:4d} px  seed-style {results['seed', size]:7.1f} img/s   ours {results['ours', size]:7.1f} img/s   "
             f"ratio {results['ours', size] / results['seed', size]:5.1f}x   ours {train_flops / 1e9:.0f} GFLOP/s "
-            f"= {train_flops / peak_bf16:.0%} of the bf16 matmul peak"
+            f"= {train_flops / peak:.0%} of the {precision} matmul peak"
         )
     print(
         f"each at its default: ours {OUR_SIZE} px {results['ours', OUR_SIZE]:.1f} img/s vs seed {SEED_SIZE} px "

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from classifier_lib.config import Config, ConfigError
+from classifier_lib.config import Config, ConfigError, parse_duration
 from classifier_lib.data.folders import DataLayoutError
 from classifier_lib.data.images import UnreadableImage
 from classifier_lib.inference.checkpoint import CheckpointError, read_checkpoint
@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on Train + Valid: the final model; its Valid figures are then no score",
     )
     train.add_argument("--resume", help="continue training from this checkpoint (its run folder and config)")
+    train.add_argument(
+        "--budget",
+        type=parse_duration,
+        dest="train.budget_s",
+        metavar="DURATION",
+        help="train for as many epochs as fit in this time on this machine (90s, 20m, 1h); --epochs N instead fixes them",
+    )
 
     lr_find = commands.add_parser("lr-find", help="learning-rate range test: loss against an exponentially growing rate")
     add_recipe_arguments(lr_find)
@@ -76,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["valid", "train"],
         default="valid",
         help="valid: the Valid folder, or without one the part of Train that training held out",
+    )
+    evaluate.add_argument(
+        "--folder",
+        help="score any labelled folder instead (FOLDER/<class>/..., any depth below): photos that are neither Train nor Valid",
     )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -152,7 +163,7 @@ def add_recipe_arguments(command: argparse.ArgumentParser) -> None:
         action="store_const",
         const="auto",
         dest="train.precision",
-        help="mixed precision: bf16 on CPU, fp16 on CUDA (the default)",
+        help="mixed precision where the hardware runs it: bf16 on AVX-512 CPUs and recent GPUs, fp16 on older GPUs (the default)",
     )
     command.add_argument("--fp32", action="store_const", const="fp32", dest="train.precision", help="full fp32 precision")
     command.add_argument(
@@ -222,10 +233,13 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from classifier_lib.report.evaluation import evaluate_checkpoint
+    from classifier_lib.report.evaluation import evaluate_checkpoint, evaluate_folder
     from classifier_lib.report.metrics import headline
 
-    evaluation = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, device=args.device)
+    if args.folder:
+        evaluation = evaluate_folder(args.checkpoint, args.folder, device=args.device)
+    else:
+        evaluation = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, device=args.device)
     if args.json:
         print(json.dumps(evaluation.record(args.checkpoint), indent=2))
     else:

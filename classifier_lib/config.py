@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,20 @@ FIXRES_RATIO = 1.25  # test size / training size: 80 px for 64 px crops, +1.3 po
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the field and what is allowed."""
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*(s|sec|m|min|h)?")
+_SECONDS_PER = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in a duration: `90s`, `20m`, `1.5h` or a bare number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    match = _DURATION.fullmatch(str(text).strip().lower())
+    if not match:
+        raise ConfigError(f"cannot read {text!r} as a duration: write e.g. 90s, 20m or 1h")
+    return float(match.group(1)) * _SECONDS_PER[match.group(2)]
 
 
 @dataclass
@@ -87,6 +102,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 250
+    # a time budget in seconds (0 = off): training measures its speed first and sets epochs and validate_every so
+    # that the run ends within it (training/budget.py); the epochs it chose are saved beside it in config.json
+    budget_s: float = 0.0
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.4
     # SGD momentum (AdamW's beta1). Under onecycle it cycles against the rate: this value at both ends of the
@@ -106,7 +124,7 @@ class TrainConfig:
     recalibrate_bn: bool = False  # after the last epoch, recompute BatchNorm statistics at the test size
     ema_decay: float = 0.99  # exponential moving average of the weights per step; 0 = off
     lookahead_every: int = 0  # every N steps, average into the EMA (a decay ramped up over the run) and restart from it; 0 = off
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 (fp16 on GPUs without bf16)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 where the CPU or GPU runs it, else fp32 (CPU) / fp16 (GPU)
     channels_last: bool = True
     sync_bn: bool = False  # several GPUs under torchrun: BatchNorm statistics over the global batch
     checkpoint_every: int = 0  # also keep epoch_NNN.pt every N epochs; 0 = only best/last
@@ -156,6 +174,7 @@ class Config:
         data, train = self.data, self.train
         checks = [
             (train.epochs >= 1, f"train.epochs must be at least 1, got {train.epochs}"),
+            (train.budget_s >= 0, f"train.budget_s must be 0 (off) or a number of seconds, got {train.budget_s}"),
             (data.batch_size >= 1, f"data.batch_size must be at least 1, got {data.batch_size}"),
             (data.image_size >= 16, f"data.image_size must be at least 16 px, got {data.image_size}"),
             (data.eval_size == 0 or data.eval_size >= 16, f"data.eval_size must be 0 or at least 16, got {data.eval_size}"),

@@ -50,7 +50,8 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     bare_args = cli.build_parser().parse_args(["train", "--data-dir", str(tiny_data)])
     assert cli.config_from_args(bare_args).data.image_size == default.data.image_size  # no --preset: the default
     fast = preset_config("fast")
-    assert fast.train.epochs == PRESETS["fast"]["train.epochs"] < Config().train.epochs and fast.model.whiten_stem
+    assert fast.train.budget_s == 300 < default.train.budget_s < preset_config("best").train.budget_s  # presets are budgets
+    assert fast.model.whiten_stem
     assert fast.train.bias_lr_scale > Config().train.bias_lr_scale
     best = preset_config("best").data
     assert best.min_size < best.image_size and best.effective_eval_size > best.image_size > Config().data.image_size
@@ -58,7 +59,43 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
         preset_config("fastest")
     args = cli.build_parser().parse_args(["train", "--data-dir", str(tiny_data), "--preset", "fast", "--lr", "0.1"])
     config = cli.config_from_args(args)
-    assert config.train.epochs == PRESETS["fast"]["train.epochs"] and config.train.lr == 0.1  # flags win
+    assert config.train.budget_s == PRESETS["fast"]["train.budget_s"] and config.train.lr == 0.1  # flags win
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("90s", 90), ("20m", 1200), ("1h", 3600), ("1.5h", 5400), ("45", 45), (" 2 min ", 120)]
+)
+def test_durations(text, seconds):
+    from classifier_lib.config import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+def test_an_epoch_count_or_a_budget_sizes_a_run(tmp_path):
+    """--budget sets train.budget_s; an explicit epoch count turns the preset's (or a saved config's) budget
+    off, so a saved budget run repeats with --epochs; both at once are refused; a bad duration is one line."""
+    from classifier_lib import cli
+    from classifier_lib.config import ConfigError
+    from classifier_lib.presets import run_config
+
+    parse = cli.build_parser().parse_args
+    assert cli.config_from_args(parse(["train", "--budget", "20m"])).train.budget_s == 1200
+    by_epochs = cli.config_from_args(parse(["train", "--preset", "fast", "--epochs", "7"]))
+    assert by_epochs.train.epochs == 7 and by_epochs.train.budget_s == 0
+    assert run_config("default", epochs=9).train.budget_s == 0
+    assert run_config("plain", budget="90s").train.budget_s == 90  # the notebooks' `budget` parameter
+    assert run_config("plain", overrides={"train.budget_s": "2m"}).train.budget_s == 120  # --set train.budget_s 2m
+    saved = tmp_path / "config.json"
+    run_config("default").override({"train.epochs": 123}).save(saved)  # what a budget run saves: its budget and epochs
+    assert run_config(config_file=str(saved)).train.budget_s == 1200  # as saved: plans again on this machine
+    repeat = run_config(config_file=str(saved), epochs=123).train
+    assert (repeat.epochs, repeat.budget_s) == (123, 0)
+    with pytest.raises(ConfigError, match="an epoch count or a time budget, not both"):
+        run_config("plain", epochs=5, budget="1m")
+    with pytest.raises(ConfigError, match="cannot read 'soon' as a duration"):
+        run_config("plain", budget="soon")
+    with pytest.raises(SystemExit):
+        parse(["train", "--budget", "soon"])
 
 
 def test_a_config_file_keeps_its_resume(tmp_path):

@@ -242,9 +242,15 @@ def test_batchnorm_and_biases_get_their_own_learning_rate(scheduler):
     assert peaks == pytest.approx([0.1, 0.4] if scheduler == "onecycle" else [0.1 * 0.99, 0.4 * 0.99], rel=0.02)
 
 
-def test_precision_choices_on_the_cpu():
+def test_precision_choices_on_the_cpu(monkeypatch):
+    """auto is bf16 only on a CPU with bf16 kernels: on an AVX2-only CPU bf16 is ~80x slower than fp32."""
+    from classifier_lib.utils import device
+
     cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_runs_bf16", lambda: True)
     assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
+    monkeypatch.setattr(device, "cpu_runs_bf16", lambda: False)
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16  # asked for: kept
     with pytest.raises(DeviceError, match="fp16 autocast needs CUDA"):
         autocast_dtype("fp16", cpu)
 

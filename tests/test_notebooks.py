@@ -134,10 +134,10 @@ def test_fast_pipeline_on_a_generated_folder_without_valid_or_test(tmp_path, cap
     overrides); a partial re-run really re-runs its steps."""
     data = make_dataset(tmp_path / "data", per_class=(12, 0), valid=False, test=0)
     assert not (data / "Test").exists()
+    photos = make_dataset(tmp_path / "elsewhere", per_class=(2, 0), valid=False, test=0) / "Train"  # eval_dirs
     runs, reports = tmp_path / "runs", tmp_path / "reports"
-    run_dir = run_pipeline(
-        data, {"epochs": 2, "image_size": 32, "overrides": {"data.eval_size": 64}}, runs_root=runs, reports_root=reports
-    )
+    parameters = {"epochs": 2, "image_size": 32, "overrides": {"data.eval_size": 64}, "eval_dirs": [str(photos)]}
+    run_dir = run_pipeline(data, parameters, runs_root=runs, reports_root=reports)
     assert "epoch   2/2  train loss" in capsys.readouterr().out  # training's lines shown as it runs
     for name in PIPELINE[:-1]:
         page = (reports / run_dir.name / f"{name}.html").read_text()
@@ -149,6 +149,9 @@ def test_fast_pipeline_on_a_generated_folder_without_valid_or_test(tmp_path, cap
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert evaluation["images"] == metrics["valid_images"] == metrics["data_split"]["valid_files"]
     assert "held out" in evaluation["split"] and not evaluation["caveat"]
+    assert evaluation["other_folders"][str(photos)]["images"] == 6  # scored beside Valid, with its own section
+    page = (reports / run_dir.name / "03_evaluation.html").read_text()
+    assert "Valid and the other folders" in page and page.count("data:image/png;base64") >= 3
     assert "held out" in (reports / run_dir.name / "04_activations.html").read_text()
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     stats = json.loads((run_dir / "data_stats.json").read_text())
@@ -237,6 +240,20 @@ def test_parameters_file_is_read_and_checked(tmp_path, capsys):
     code = run_pipeline.main(["--data-dir", str(tmp_path), "-f", str(params), "--runs-dir", str(tmp_path / "runs")])
     assert code == 1 and "unknown parameter(s) ['learning_rate']" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
+
+
+def test_eval_dirs_are_checked_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """`-p eval_dirs` (YAML: a list or one folder) is made absolute for the notebooks, which run in
+    notebooks/; a missing folder is refused in one line before a run folder is made."""
+    import run_pipeline
+    from classifier_lib.workflow.pipeline import labelled_folders
+
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert labelled_folders("photos") == labelled_folders(["photos/"]) == [str(tmp_path / "photos")]
+    code = run_pipeline.main(["--data-dir", str(tmp_path), "-p", "eval_dirs", '["photos", "nowhere"]', "--runs-dir", "runs"])
+    assert code == 1 and "eval_dirs: nowhere is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_partial_rerun_needs_an_existing_run(tmp_path, capsys):

@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import classification_report, confusion_matrix
 
-from classifier_lib.data.dataset import CachedImages
+from classifier_lib.data.augment import normalize, resize
+from classifier_lib.data.dataset import CachedImages, load_split
 from classifier_lib.data.folders import DataLayoutError, find_splits
 from classifier_lib.data.splits import files_digest
 from classifier_lib.data.stats import is_imbalanced
-from classifier_lib.inference.checkpoint import held_out_of
+from classifier_lib.inference.checkpoint import held_out_of, load_model
 from classifier_lib.inference.predictor import Predictor
+from classifier_lib.model.explain import grad_cam
 from classifier_lib.report.metrics import TOP_K_FROM, balanced_accuracy, most_confused, top_k_accuracy
 
 
@@ -130,13 +132,62 @@ def evaluate_checkpoint(
     data, source = held_out_of(config, folder, split)
     same_data = Path(folder).resolve() == Path(config.data.data_dir).resolve()
     state = predictor.loaded.checkpoint
-    chosen_on = (
-        f"its validation accuracy: epoch {state['epoch']} scored best on Valid"
-        if state.get("selected_on_valid")
-        else "nothing: the weights after the last epoch trained"
-    )
     caveat = _caveat(state, config, split, data, folder) if same_data else ""
-    return Evaluation(predictor.class_names, data, predictor.probabilities(data.images), source, chosen_on, caveat)
+    return Evaluation(predictor.class_names, data, predictor.probabilities(data.images), source, _chosen_on(state), caveat)
+
+
+def evaluate_folder(checkpoint: str | Path, folder: str | Path, device: str = "auto") -> Evaluation:
+    """Score a checkpoint on any labelled folder: `folder/<class>/...` (any depth below the class folders),
+    images that are neither Train nor Valid, such as photos from another collection. A folder may hold
+    fewer classes than the model knows; a class folder the model does not know is refused in one line."""
+    predictor = Predictor(checkpoint, device)
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataLayoutError(f"--folder {folder} is not a folder")
+    if not any((folder / name).is_dir() for name in predictor.class_names):
+        raise DataLayoutError(f"{folder} has no folder named after a class the model knows {predictor.class_names}")
+    labelled = load_split(folder, predictor.class_names, predictor.loaded.decode_size, every_class=False)
+    data_dir = Path(predictor.loaded.config.data.data_dir).expanduser().resolve()
+    inside = data_dir == folder.resolve() or data_dir in folder.resolve().parents
+    caveat = f"these images are inside the run's data folder {data_dir}: some may have been trained on" if inside else ""
+    return Evaluation(
+        predictor.class_names,
+        labelled.data,
+        predictor.probabilities(labelled.data.images),
+        f"{folder} ({len(labelled.data)} images, {len(labelled.skipped)} files skipped)",
+        _chosen_on(predictor.loaded.checkpoint),
+        caveat,
+    )
+
+
+def side_by_side(evaluations: dict[str, Evaluation]) -> pd.DataFrame:
+    """One row per evaluated set (Valid, other folders): images, accuracy, balanced accuracy (top-5 past
+    ten classes), so that a drop on photos from elsewhere shows at a glance."""
+    columns = ["images", "accuracy", "balanced_accuracy", "top5_accuracy"]
+    rows = {name: evaluation.summary() for name, evaluation in evaluations.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns).dropna(axis=1, how="all")
+
+
+def explain_mistakes(checkpoint: str | Path, evaluation: Evaluation, count: int = 6):
+    """The `count` worst mistakes as the model saw them, their Grad-CAM heatmaps for the predicted class
+    and titles `predicted (confidence) / true`: (images, heatmaps, titles)."""
+    loaded = load_model(checkpoint)
+    wrong = evaluation.misclassified()[:count]
+    if not len(wrong):
+        return [], [], []
+    images = resize(evaluation.data.images[torch.as_tensor(wrong)], loaded.eval_size)
+    inputs = normalize(images, loaded.mean, loaded.std)
+    heatmaps = [grad_cam(loaded.model, inputs[i : i + 1])[0] for i in range(len(wrong))]
+    names, probabilities = evaluation.class_names, evaluation.probabilities
+    titles = [f"{names[evaluation.predictions[i]]} ({probabilities[i].max():.2f}) / {names[evaluation.labels[i]]}" for i in wrong]
+    return list(images), heatmaps, titles
+
+
+def _chosen_on(state: dict) -> str:
+    """What picked this checkpoint, in words."""
+    if state.get("selected_on_valid"):
+        return f"its validation accuracy: epoch {state['epoch']} scored best on Valid"
+    return "nothing: the weights after the last epoch trained"
 
 
 def _caveat(state: dict, config, split: str, data: CachedImages, data_dir: str) -> str:

@@ -1,6 +1,7 @@
 """The training loop: `train(config)` is the whole job.
 
-It loads the data, builds a `Trainer`, trains for `config.train.epochs` epochs in a new
+It loads the data, builds a `Trainer`, trains for `config.train.epochs` epochs (with `train.budget_s`, as
+many as fit in that time on this machine: `budget`) in a new
 `runs/version_N` folder (or continues the run a resume checkpoint belongs to), and after every
 epoch writes last.pt (and best.pt when validation accuracy improved), TensorBoard scalars,
 `metrics.json` and one log line; Ctrl-C keeps the last finished epoch and prints how to resume.
@@ -26,6 +27,7 @@ from classifier_lib.config import Config
 from classifier_lib.data.dataset import DataBundle, load_data
 from classifier_lib.inference.checkpoint import read_checkpoint, save_checkpoint
 from classifier_lib.model.resnet import count_parameters
+from classifier_lib.training.budget import plan_budget
 from classifier_lib.training.tb_figures import log_figures
 from classifier_lib.training.trainer import Trainer, setup_system
 from classifier_lib.utils import distributed
@@ -78,6 +80,13 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
         run_dir = Path(run_dir) if run_dir else run_dir_for(config.train.resume, runs_root)
         run_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(distributed.broadcast(str(run_dir) if main else None))
+    started = time.perf_counter()  # a budget counts from its measurement on
+    if config.train.budget_s and resume_state is None:
+        _log(f"time budget {config.train.budget_s:.0f} s: measuring this machine's speed on this data first")
+    plan = plan_budget(config, data, device) if config.train.budget_s and resume_state is None else None
+    if plan is not None:
+        config = plan.apply(config)
+        _log(plan.describe())
     trainer = Trainer(config, data, device)
     state = trainer.state
     if resume_state is not None:  # refused before anything of the run is touched when it would change the run
@@ -85,6 +94,8 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
         _log(f"resumed from {config.train.resume} after epoch {trainer.state.epoch}")
     if main:
         config.save(run_dir / "config.json")
+        if plan is not None:
+            write_json(run_dir / "budget.json", plan.to_dict())
     _log(f"run folder: {run_dir}")
     _log(
         f"model: {count_parameters(trainer.state.model) / 1e6:.2f} M parameters, "
@@ -96,7 +107,7 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
         + (f"; {trainer.world} processes, global batch {trainer.world * config.data.batch_size}" if trainer.world > 1 else "")
     )
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
-    start_time = time.perf_counter() - (trainer.state.history[-1]["elapsed_s"] if trainer.state.history else 0.0)
+    start_time = started - (trainer.state.history[-1]["elapsed_s"] if trainer.state.history else 0.0)
     interrupted, stop_reason = False, f"completed {config.train.epochs} epochs"
     try:
         for _ in tqdm(

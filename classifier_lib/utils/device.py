@@ -24,13 +24,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU has oneDNN's bf16 kernels (AVX-512 and up). Without them (an AVX2-only CPU) bf16
+    falls back to reference code: measured 1.1 GFLOP/s against 87 in fp32 on a 2-core AVX2 machine."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision setting, or None for plain fp32.
 
-    `auto` is bf16 on the CPU and on GPUs that support it (no gradient scaler needed), else fp16.
+    `auto` is bf16 on GPUs that support it (no gradient scaler needed), else fp16; on the CPU bf16 where
+    the CPU runs it (`cpu_runs_bf16`), else fp32.
     """
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" and not torch.cuda.is_bf16_supported() else "bf16"
+    if precision == "auto" and device.type == "cuda":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif precision == "auto":
+        precision = "bf16" if cpu_runs_bf16() else "fp32"
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
         raise DeviceError(f"precision must be one of auto, fp32, bf16, fp16; got {precision!r}")

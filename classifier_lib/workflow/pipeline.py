@@ -111,6 +111,8 @@ def run_pipeline(
     sources = [notebooks_dir / f"{name}.ipynb" for name in steps]
     check_parameters(dict(parameters or {}), sources)  # the quick ones go only where they are declared
     user_parameters = (QUICK_PARAMETERS if quick else {}) | dict(parameters or {})
+    if "eval_dirs" in user_parameters:  # the notebooks run in notebooks/: relative folders are the caller's
+        user_parameters["eval_dirs"] = labelled_folders(user_parameters["eval_dirs"])
     run_dir = (Path(run_dir) if run_dir else new_run_dir(runs_root)).resolve()
     data_dir = Path(data_dir).resolve()
     if not run_dir.is_dir():
@@ -126,6 +128,16 @@ def run_pipeline(
         _execute(step, {k: v for k, v in notebook_parameters.items() if k in declared})
     write_index(runs_root, reports_root)
     return run_dir
+
+
+def labelled_folders(value: Any) -> list[str]:
+    """The `eval_dirs` parameter (a folder or a list of them) as absolute paths; a missing one is refused
+    before anything runs."""
+    folders = [value] if isinstance(value, (str, Path)) else list(value or [])
+    missing = [str(folder) for folder in folders if not Path(folder).expanduser().is_dir()]
+    if missing:
+        raise PipelineError(f"eval_dirs: {', '.join(missing)} {'is not a folder' if len(missing) == 1 else 'are not folders'}")
+    return [str(Path(folder).expanduser().resolve()) for folder in folders]
 
 
 def _execute(step: Step, parameters: dict[str, Any]) -> None:

@@ -1,0 +1,214 @@
+"""Fitting a run into a time budget (`train.budget_s`, `--budget 20m`).
+
+Before the first epoch, training measures its own speed on this machine and this data set: a few
+optimiser steps at every crop size the schedule can use (progressive resizing included), one
+validation pass (scaled from a sample), one round of TensorBoard figures and what every epoch writes
+(last.pt, metrics.json). `fit_schedule` then picks the largest epoch count that fits in what is left
+of the budget, how often to validate (about VALIDATION_SHARE of the budget at most) and to draw the
+figures. The one-cycle schedule and the progressive-resizing steps follow from the epoch count, as in
+any run. The budget counts from the measurement on; decoding images into the cache comes before it.
+
+The chosen `train.epochs`, `validate_every` and `tensorboard_every` are saved in config.json beside
+the budget, so `--config config.json --epochs N` repeats the run exactly; the measurements are in
+budget.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from classifier_lib.config import SIZE_STEP, Config
+from classifier_lib.data.augment import train_size
+from classifier_lib.data.dataset import DataBundle, batches
+from classifier_lib.inference.checkpoint import save_checkpoint
+from classifier_lib.inference.predict import predict_logits
+from classifier_lib.training.tb_figures import log_figures
+from classifier_lib.training.trainer import Trainer
+from classifier_lib.utils import distributed
+from classifier_lib.utils.fileio import write_json
+
+WARMUP_STEPS = 2  # untimed steps at each size: kernel selection, caches
+TIMED_STEPS = 5  # timed steps at each size (the median counts)
+VALIDATION_SAMPLE = 256  # validation images timed; the pass is scaled to the whole split
+VALIDATION_SHARE = 0.05  # at most this share of the budget goes to validating
+MAX_VALIDATIONS = 30  # enough points for the curves
+FIGURE_ROUNDS = 5  # TensorBoard figures (seconds each) are drawn about this many times, and after the last epoch
+SAFETY = 0.97  # plan to this share of the budget: what the measurement does not see (logs, noise)
+MAX_EPOCHS = 10_000
+
+
+@dataclass
+class Speeds:
+    """What one run's pieces cost on this machine, measured before its first epoch."""
+
+    step_s: dict[int, float]  # seconds per optimiser step at each training size
+    steps_per_epoch: int
+    validation_s: float  # one validation pass
+    epoch_s: float  # what every epoch writes: last.pt, metrics.json, the TensorBoard scalars
+    figures_s: float  # one round of TensorBoard figures (0 when train.tensorboard_every is 0)
+
+
+@dataclass
+class BudgetPlan:
+    """What the budget measured and the schedule it chose."""
+
+    budget_s: float
+    epochs: int
+    validate_every: int
+    tensorboard_every: int
+    planned_s: float  # the estimate of the whole run, the measurement included
+    probe_s: float  # the measurement itself
+    speeds: Speeds
+
+    def apply(self, config: Config) -> Config:
+        """`config` with the chosen epochs, validation and figure frequencies."""
+        train = dataclasses.replace(
+            config.train, epochs=self.epochs, validate_every=self.validate_every, tensorboard_every=self.tensorboard_every
+        )
+        return dataclasses.replace(config, train=train)
+
+    def describe(self) -> str:
+        speeds = ", ".join(f"{size} px {1 / seconds:.1f}" for size, seconds in self.speeds.step_s.items())
+        line = (
+            f"budget {self.budget_s:.0f} s: measured in {self.probe_s:.1f} s (steps/s at {speeds}; validation "
+            f"{self.speeds.validation_s:.1f} s) -> {self.epochs} epochs, validated every {self.validate_every}, "
+            f"planned {self.planned_s:.0f} s"
+        )
+        if self.planned_s > self.budget_s:
+            line += "; WARNING: the budget is smaller than one epoch, so one epoch is run"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        plan = dataclasses.asdict(self)
+        plan["speeds"]["step_s"] = {str(size): seconds for size, seconds in self.speeds.step_s.items()}
+        return plan
+
+
+def plan_budget(config: Config, data: DataBundle, device: torch.device) -> BudgetPlan:
+    """Measure this run's speed and fit its schedule into `config.train.budget_s` (see the module doc).
+    Under torchrun every rank takes the steps (they synchronise) and rank 0's plan is used by all."""
+    start = time.perf_counter()
+    probe = Trainer(config, data, device)  # a throwaway trainer: its own steps are what is timed
+    step_s = {size: _time_steps(probe, size) for size in training_sizes(config)}
+    plan = None
+    if distributed.is_main():
+        validation_s, figures_s = _time_validation(probe)
+        speeds = Speeds(step_s, probe.state.steps_per_epoch, validation_s, _time_epoch_files(probe), figures_s)
+        probe_s = time.perf_counter() - start
+        epochs, every, figures_every, seconds = fit_schedule(config, speeds, config.train.budget_s - probe_s)
+        plan = BudgetPlan(config.train.budget_s, epochs, every, figures_every, seconds + probe_s, probe_s, speeds)
+    del probe
+    return distributed.broadcast(plan)
+
+
+def training_sizes(config: Config) -> list[int]:
+    """Every crop size the training schedule can use, whatever its epoch count."""
+    data = config.data
+    if not data.min_size or data.min_size >= data.image_size:
+        return [data.image_size]
+    return sorted({*range(data.min_size, data.image_size, SIZE_STEP), data.image_size})
+
+
+def fit_schedule(config: Config, speeds: Speeds, available_s: float) -> tuple[int, int, int, float]:
+    """(epochs, validate_every, tensorboard_every, estimated seconds): the most epochs that fit in
+    `available_s`, validated at most MAX_VALIDATIONS times and within about VALIDATION_SHARE of the time
+    (always after the last), with TensorBoard figures about FIGURE_ROUNDS times (none if they are off).
+    At least one epoch, even when it does not fit."""
+    validations = max(1, min(MAX_VALIDATIONS, int(VALIDATION_SHARE * available_s / max(speeds.validation_s, 1e-9))))
+    figures_on = config.train.tensorboard_every > 0
+
+    def cost(epochs: int) -> tuple[float, int, int]:
+        every = math.ceil(epochs / validations)
+        figures_every = every * math.ceil(math.ceil(epochs / every) / FIGURE_ROUNDS) if figures_on else 0
+        sized = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+        training = sum(speeds.step_s[train_size(sized, epoch)] for epoch in range(epochs)) * speeds.steps_per_epoch
+        validated = math.ceil(epochs / every)  # every `every`-th epoch and the last
+        figures = (epochs // figures_every + 1) * speeds.figures_s if figures_on else 0.0
+        return training + validated * speeds.validation_s + epochs * speeds.epoch_s + figures, every, figures_every
+
+    low, high = 1, MAX_EPOCHS  # cost grows with the epoch count: bisect for the largest that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if cost(middle)[0] <= SAFETY * available_s else (low, middle - 1)
+    seconds, every, figures_every = cost(low)
+    return low, every, figures_every, seconds
+
+
+def _time_steps(trainer: Trainer, size: int) -> float:
+    """Median seconds of one optimiser step at `size`, gathering the batch and augmenting it included."""
+    generator = torch.Generator().manual_seed(0)
+    trainer.state.wrapped.train()
+    times: list[float] = []
+    while len(times) < WARMUP_STEPS + TIMED_STEPS:
+        loader = iter(
+            batches(trainer.data.train, trainer.config.data.batch_size, trainer.device, generator, trainer.rank, trainer.world)
+        )
+        while len(times) < WARMUP_STEPS + TIMED_STEPS:
+            started = time.perf_counter()
+            batch = next(loader, None)
+            if batch is None:
+                break
+            images, labels = batch[0].to(trainer.device), batch[1].to(trainer.device)
+            trainer.train_step(images, labels, size, generator)
+            _synchronize(trainer.device)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[WARMUP_STEPS:])
+
+
+def _time_validation(trainer: Trainer) -> tuple[float, float]:
+    """(seconds of one validation pass, of one round of TensorBoard figures): validation is timed on a
+    sample of the validation images after a warm-up batch and scaled to the split."""
+    settings, data = trainer.config.data, trainer.data
+    sample = data.valid.select(torch.arange(min(len(data.valid), VALIDATION_SAMPLE)))
+    model = trainer.state.inference_model
+
+    def predict(images):
+        logits = predict_logits(
+            model,
+            images,
+            data.mean,
+            data.std,
+            settings.tta_size_list,
+            device=trainer.device,
+            dtype=trainer.dtype,
+            flip=settings.flip_tta,
+        )
+        _synchronize(trainer.device)
+        return logits
+
+    predict(sample.images[:32])
+    started = time.perf_counter()
+    logits = predict(sample.images)
+    validation_s = (time.perf_counter() - started) * len(data.valid) / max(len(sample), 1)
+    if not trainer.config.train.tensorboard_every:
+        return validation_s, 0.0
+    with tempfile.TemporaryDirectory() as folder, SummaryWriter(folder) as writer:
+        started = time.perf_counter()
+        log_figures(writer, 0, model, sample, logits, data.class_names, data.mean, data.std, settings.effective_eval_size)
+        writer.flush()
+        return validation_s, time.perf_counter() - started
+
+
+def _time_epoch_files(trainer: Trainer) -> float:
+    """Seconds of what every epoch writes: last.pt and a metrics.json of a long run's size."""
+    history = [{"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5, "lr": 0.1, "elapsed_s": 1.0} for epoch in range(200)]
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        save_checkpoint(Path(folder) / "last.pt", trainer.state.state_dict(trainer.data))
+        write_json(Path(folder) / "metrics.json", {"history": history, "skipped": trainer.data.skipped})
+        return time.perf_counter() - started
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,64 @@
+"""`evaluate CHECKPOINT --folder DIR`: any labelled folder scored like Valid, unknown classes refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import COLOURS, make_image
+
+from classifier_lib.data.folders import DataLayoutError
+from classifier_lib.report.evaluation import evaluate_folder, explain_mistakes, side_by_side
+
+
+def photos_from_elsewhere(root, classes=("dog", "panda"), per_class=4):
+    """Labelled photos a level or two below their class folders, of only some of the model's classes."""
+    for name in classes:
+        for i in range(per_class):
+            make_image(root / name / ("indoor" if i % 2 else "outdoor/close-up") / f"{i}.png", COLOURS[name], seed=100 + i)
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_a_folder_is_scored_by_class_name_at_any_depth(trained_run, tmp_path):
+    result, _ = trained_run
+    folder = photos_from_elsewhere(tmp_path / "photos")
+    evaluation = evaluate_folder(result.last_checkpoint, folder)
+    names = evaluation.class_names
+    assert names == ["cat", "dog", "panda"] and len(evaluation.labels) == 8
+    expected = [names.index(Path(path).relative_to(folder).parts[0]) for path in evaluation.data.paths]
+    assert evaluation.labels.tolist() == expected  # labels by folder name, whatever the depth
+    assert "1 files skipped" in evaluation.split and not evaluation.caveat
+    assert evaluation.accuracy == (evaluation.predictions == evaluation.labels).mean()
+    table = side_by_side({"here": evaluation})
+    assert table.loc["here", "images"] == 8 and table.loc["here", "accuracy"] == evaluation.accuracy
+    images, heatmaps, titles = explain_mistakes(result.last_checkpoint, evaluation, count=3)
+    assert len(images) == len(heatmaps) == len(titles) == min(3, len(evaluation.misclassified()))
+
+
+def test_unknown_classes_and_folders_without_classes_are_refused(trained_run, tmp_path):
+    result, data_dir = trained_run
+    zebras = photos_from_elsewhere(tmp_path / "zoo")
+    make_image(zebras / "zebra" / "z.png", (0, 0, 0))
+    with pytest.raises(DataLayoutError, match=r"class folders \['zebra'\] that the training data does not have"):
+        evaluate_folder(result.last_checkpoint, zebras)
+    make_image(tmp_path / "flat" / "a.png", (0, 0, 0))
+    with pytest.raises(DataLayoutError, match="no folder named after a class the model knows"):
+        evaluate_folder(result.last_checkpoint, tmp_path / "flat")
+    own = evaluate_folder(result.last_checkpoint, data_dir / "Train")
+    assert "inside the run's data folder" in own.caveat  # its training images: not a score
+
+
+def test_the_command_line_scores_a_folder(trained_run, tmp_path):
+    result, _ = trained_run
+    folder = photos_from_elsewhere(tmp_path / "photos")
+    run = [sys.executable, "-m", "classifier_lib", "evaluate", str(result.last_checkpoint), "--folder"]
+    shown = subprocess.run([*run, str(folder), "--json"], capture_output=True, text=True, check=True)
+    record = json.loads(shown.stdout)
+    assert record["images"] == 8 and set(record["per_class"]) >= {"cat", "dog", "panda"}
+    make_image(folder / "zebra" / "z.png", (0, 0, 0))
+    refused = subprocess.run([*run, str(folder)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "zebra" in refused.stderr and "Traceback" not in refused.stderr
