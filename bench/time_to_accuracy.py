@@ -1,13 +1,21 @@
 """Time to accuracy and final (last-epoch) accuracy of a recipe over several seeds, on the real data.
 
-    python bench/time_to_accuracy.py [--seeds 0 1 2] [--preset fast] [-s KEY VALUE ...] [--eval-sizes 64 80 96]
-    python bench/time_to_accuracy.py --score runs/version_3 runs/version_4 --eval-sizes 64 80 96
+    python bench/time_to_accuracy.py [--seeds 0 1 2] [--preset fast] [--budget 20m] [-s KEY VALUE ...] [--eval-sizes 64 80 96]
+                                     [--folder PHOTOS_DIR ...]
+    python bench/time_to_accuracy.py --score runs/version_3 runs/version_4 [--eval-sizes 64 80 96] [--folder PHOTOS_DIR]
 
 For every seed: trains the recipe (the default config, a preset, plus any `-s key value` overrides)
 in a new run folder and prints the last-epoch validation accuracy (no epoch is picked on Valid),
 the wall time at which validation accuracy first reached 85 / 90 / 95 %, the wall time and the peak
 resident memory; then mean ± std over the seeds. The machine's matmul peak (in the precision training uses) is measured in the
 same run: machines here differ up to 2x in speed, so a time only means something beside it.
+
+With a time budget (the presets are budgets; `--budget` sets another, `-s train.epochs N` turns it off)
+it prints the epochs the budget chose and the time used against it.
+
+`--folder DIR` (repeatable) also scores each seed's last.pt on a labelled folder that is neither Train
+nor Valid (`evaluate --folder`): accuracy and balanced accuracy, e.g. photos from other collections
+(bench/other_collections.py builds such a folder).
 
 `--eval-sizes` also scores each run's last.pt at other test resolutions, as saved and with its
 BatchNorm statistics recomputed at each (FixRes), without retraining (set data.eval_size to the
@@ -35,7 +43,8 @@ from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data.dataset import load_data  # noqa: E402
 from classifier_lib.inference.checkpoint import load_model  # noqa: E402
 from classifier_lib.inference.predict import predict_logits, recalibrate_bn  # noqa: E402
-from classifier_lib.presets import preset_config  # noqa: E402
+from classifier_lib.presets import run_config  # noqa: E402
+from classifier_lib.report.evaluation import evaluate_folder  # noqa: E402
 from classifier_lib.training.engine import train  # noqa: E402
 from classifier_lib.utils.device import autocast_dtype  # noqa: E402
 
@@ -65,15 +74,28 @@ def accuracy_at_sizes(checkpoint: Path, data, sizes: list[int]) -> dict[str, flo
     return scores
 
 
-def score_runs(run_dirs: list[str], sizes: list[int]) -> None:
-    """Test-time choices for runs already trained: each run's last.pt at each size, then the means."""
+def folder_scores(checkpoint: Path, folders: list[str]) -> dict[str, float]:
+    """last.pt's accuracy and balanced accuracy on each labelled folder."""
+    scores = {}
+    for folder in folders:
+        evaluation = evaluate_folder(checkpoint, folder)
+        name = Path(folder).name
+        scores[f"{name} acc"], scores[f"{name} balanced"] = evaluation.accuracy, evaluation.balanced_accuracy
+    return scores
+
+
+def score_runs(run_dirs: list[str], sizes: list[int], folders: list[str]) -> None:
+    """Runs already trained: each run's last.pt at each test size and on each folder, then the means."""
     rows = []
     for run in map(Path, run_dirs):
-        config = Config.load(run / "config.json")
-        needed = max(sizes) + 16  # the largest size with its tta3 view, from images decoded that large
-        data = load_data(dataclasses.replace(config.data, eval_size=needed), config.system.seed)
-        rows.append(accuracy_at_sizes(run / "checkpoints" / "last.pt", data, sizes))
-        print(run, "  ".join(f"{key} {value:.2%}" for key, value in rows[-1].items()), flush=True)
+        row = folder_scores(run / "checkpoints" / "last.pt", folders)
+        if sizes:
+            config = Config.load(run / "config.json")
+            needed = max(sizes) + 16  # the largest size with its tta3 view, from images decoded that large
+            data = load_data(dataclasses.replace(config.data, eval_size=needed), config.system.seed)
+            row |= accuracy_at_sizes(run / "checkpoints" / "last.pt", data, sizes)
+        rows.append(row)
+        print(run, "  ".join(f"{key} {value:.2%}" for key, value in row.items()), flush=True)
     for key in rows[0]:
         print(f"last.pt @ {key:12s} {mean_std([row[key] for row in rows])}")
 
@@ -91,6 +113,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("CLASSIFIER_DATA_DIR", DEFAULT_DATA))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--budget", help="a time budget instead of the preset's (90s, 20m, 1h)")
+    parser.add_argument("--folder", action="append", default=[], help="also score last.pt on this labelled folder")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     parser.add_argument("--eval-sizes", type=int, nargs="*", default=[])
@@ -98,13 +122,14 @@ def main() -> None:
     parser.add_argument("--score", nargs="+", metavar="RUN_DIR", help="no training: score these runs' last.pt at --eval-sizes")
     args = parser.parse_args()
     if args.score:
-        score_runs(args.score, args.eval_sizes)
+        score_runs(args.score, args.eval_sizes, args.folder)
         return
     precision, peak = training_peak()
     print(f"{precision} matmul peak of this machine: {peak / 1e9:.0f} GFLOP/s")
     rows = []
     for seed in args.seeds:
-        config = preset_config(args.preset).override({"data.data_dir": str(args.data_dir), "system.seed": seed} | dict(args.set))
+        overrides = dict(args.set) | {"system.seed": seed} | ({"train.budget_s": args.budget} if args.budget else {})
+        config = run_config(args.preset, overrides=overrides, data_dir=str(args.data_dir))
         start = time.perf_counter()
         data = load_data(config.data, seed)
         decode_s = time.perf_counter() - start
@@ -118,6 +143,9 @@ def main() -> None:
             "train_s": result.history[-1]["elapsed_s"],
             "wall_s": wall_s,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "budget_s": config.train.budget_s,
+            "epochs": result.history[-1]["epoch"],
+            "folders": folder_scores(result.last_checkpoint, args.folder),
         }
         for target in TARGETS:
             # accuracies are float32 ratios: 405/450 reads 0.89999998, which is 90 %
@@ -130,6 +158,9 @@ def main() -> None:
             f"{t:.0%}: " + (f"{row[f'time_to_{t:.0%}']:.0f} s" if row[f"time_to_{t:.0%}"] else "-") for t in TARGETS
         )
         sizes = "  ".join(f"@{s} {a:.2%}" for s, a in row.get("at_size", {}).items())
+        sizes += "".join(f"  {name} {value:.2%}" for name, value in row["folders"].items())
+        if row["budget_s"]:
+            sizes += f"  budget {row['budget_s']:.0f} s: {row['epochs']} epochs, used {row['train_s'] / row['budget_s']:.1%}"
         print(
             f"seed {seed}: final {row['final_valid_acc']:.2%} (best {row['best_valid_acc']:.2%})  {reached}  "
             f"train {row['train_s']:.0f} s  wall {wall_s:.0f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  {sizes}",
@@ -138,6 +169,8 @@ def main() -> None:
     print(f"\n{len(rows)} seeds, {precision} matmul peak {peak / 1e9:.0f} GFLOP/s, overrides {dict(args.set)}")
     print(f"final valid accuracy   {mean_std([r['final_valid_acc'] for r in rows])}")
     print(f"training time          {mean_std([r['train_s'] for r in rows], 's')}")
+    for name in rows[0]["folders"]:
+        print(f"last.pt on {name:12s} {mean_std([r['folders'][name] for r in rows])}")
     for key in rows[0].get("at_size", {}):
         print(f"last.pt @ {key:7s} {mean_std([r['at_size'][key] for r in rows])}")
     for target in TARGETS:

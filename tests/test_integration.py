@@ -50,3 +50,42 @@ def test_export_of_a_real_model_matches_pytorch_on_the_real_validation_images(tm
     out = capsys.readouterr().out
     assert "parity on 450 validation images" in out and "labels identical: True" in out
     assert float(out.split("max |dp| ")[1].split(",")[0]) <= 1e-4
+
+
+def test_other_collections_leaves_out_copies_of_the_animals_photos(tmp_path):
+    """bench/other_collections.py lays a source repository's cats and dogs out as OUT/<class>/<breed>/ and
+    leaves out exact copies and near copies (resized, re-encoded) of any Animals image."""
+    from conftest import make_image
+    from PIL import Image
+
+    source = tmp_path / "source"
+    samples = source / "datasets" / "oxford-pets" / "data" / "sample_images"
+    for breed, folder, seed in [("Bengal", "cats", 1), ("Bengal", "cats", 2), ("beagle", "dogs", 3), ("pug", "dogs", 4)]:
+        make_image(samples / folder / f"{breed}_{seed}.jpg", (90, 120, 150), size=(64, 48), seed=seed)
+    subprocess.run(["git", "init", "-q", str(source)], check=True)
+    subprocess.run(["git", "-C", str(source), "add", "."], check=True)
+    commit = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "samples"]
+    subprocess.run(commit, check=True)
+    animals = tmp_path / "animals"
+    (animals / "Train" / "cat").mkdir(parents=True)
+    (animals / "Train" / "cat" / "same.jpg").write_bytes((samples / "cats" / "Bengal_1.jpg").read_bytes())
+    Image.open(samples / "dogs" / "pug_4.jpg").resize((128, 96)).save(animals / "Train" / "cat" / "resized.jpg", quality=70)
+    out = tmp_path / "out"
+    shown = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "other_collections.py"),
+            "--source",
+            str(source),
+            "--out",
+            str(out),
+            "--animals",
+            str(animals),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    kept = sorted(path.relative_to(out).as_posix() for path in out.rglob("*.jpg"))
+    assert kept == ["cat/Bengal/Bengal_2.jpg", "dog/beagle/beagle_3.jpg"]
+    assert "'exact copy': 1, 'near copy': 1" in shown.stdout
