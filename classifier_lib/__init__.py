@@ -34,6 +34,7 @@ PUBLIC = {  # name -> the module that defines it
     "preset_config": "classifier_lib.presets",
     "train": "classifier_lib.training.engine",
     "evaluate_checkpoint": "classifier_lib.report.evaluation",
+    "evaluate_folder": "classifier_lib.report.evaluation",
     "Predictor": "classifier_lib.inference.predictor",
     "load_model": "classifier_lib.inference.checkpoint",
     "export": "classifier_lib.inference.export",

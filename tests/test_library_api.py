@@ -29,7 +29,8 @@ def test_the_public_names_are_the_library_functions():
     from classifier_lib.training.engine import train
 
     assert classifier_lib.train is train and classifier_lib.export is export
-    assert classifier_lib.run_config("fast").train.epochs == 60
+    assert classifier_lib.evaluate_folder.__module__ == "classifier_lib.report.evaluation"
+    assert classifier_lib.run_config("fast").train.budget_s == 300  # presets are time budgets
     with pytest.raises(AttributeError):
         classifier_lib.no_such_thing  # noqa: B018
 
