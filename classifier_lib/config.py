@@ -63,6 +63,9 @@ class DataConfig:
     equalize_p: float = 0.1  # chance of histogram equalisation per image
     grey_p: float = 0.0  # chance of turning an image grey: for photos unlike the training set's
     blur_p: float = 0.0  # chance of a Gaussian blur (sigma 0.3-1.5 px): likewise
+    # mirror images: random horizontal flips in training. Off where left and right are different classes (traffic
+    # signs, text, arrows); flip TTA is then off too
+    mirror: bool = True
     flip_tta: bool = True  # evaluate and predict on each image and its mirror image, averaged
     tta_sizes: int = 1  # 1: predict at the test size; 3: also 16 px below and above it, averaged
     workers: int = 0  # DataLoader processes decoding JPEGs into the cache; 0 = one per usable core
@@ -76,6 +79,11 @@ class DataConfig:
         if self.eval_size:
             return self.eval_size
         return max(SIZE_STEP, int(self.image_size * FIXRES_RATIO / SIZE_STEP + 0.5) * SIZE_STEP)
+
+    @property
+    def mirror_tta(self) -> bool:
+        """Whether test-time predictions average each image with its mirror image."""
+        return self.flip_tta and self.mirror
 
     @property
     def tta_size_list(self) -> list[int]:

@@ -31,6 +31,18 @@ def test_identity_settings_change_nothing():
         assert torch.allclose(result, original, atol=1e-5) or torch.allclose(result, mirrored, atol=1e-5)
 
 
+def test_mirror_off_never_flips_in_training_or_at_test_time():
+    """data.mirror false (traffic signs, text: left and right are different classes): no training image is
+    mirrored, and flip TTA is off whatever flip_tta says."""
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    identity = dict(zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0)
+    unmirrored = BatchAugment(**identity, equalize_p=0.0, mirror=False)(images, torch.Generator().manual_seed(0))
+    assert torch.allclose(unmirrored, images.float() / 255, atol=1e-5)
+    mirrored = BatchAugment(**identity, equalize_p=0.0)(images, torch.Generator().manual_seed(0))
+    assert not torch.allclose(mirrored, images.float() / 255, atol=1e-5)
+    assert DataConfig().mirror_tta and not DataConfig(mirror=False).mirror_tta and not DataConfig(flip_tta=False).mirror_tta
+
+
 def test_normalize_uses_mean_and_std():
     images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     out = normalize(images, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))

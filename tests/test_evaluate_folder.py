@@ -49,7 +49,8 @@ def test_unknown_classes_and_folders_without_classes_are_refused(trained_run, tm
     with pytest.raises(DataLayoutError, match="no folder named after a class the model knows"):
         evaluate_folder(result.last_checkpoint, tmp_path / "flat")
     own = evaluate_folder(result.last_checkpoint, data_dir / "Train")
-    assert "inside the run's data folder" in own.caveat  # its training images: not a score
+    assert "overlaps the run's training images" in own.caveat  # its training images: not a score
+    assert not evaluate_folder(result.last_checkpoint, data_dir / "Valid").caveat  # held out: a score
 
 
 def test_the_command_line_scores_a_folder(trained_run, tmp_path):

@@ -52,6 +52,14 @@ def test_export_of_a_real_model_matches_pytorch_on_the_real_validation_images(tm
     assert float(out.split("max |dp| ")[1].split(",")[0]) <= 1e-4
 
 
+def commit_folder(source: Path) -> None:
+    """Make `source` a git repository with its files committed (the bench scripts read a repository)."""
+    subprocess.run(["git", "init", "-q", str(source)], check=True)
+    subprocess.run(["git", "-C", str(source), "add", "."], check=True)
+    commit = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "samples"]
+    subprocess.run(commit, check=True)
+
+
 def test_other_collections_leaves_out_copies_of_the_animals_photos(tmp_path):
     """bench/other_collections.py lays a source repository's cats and dogs out as OUT/<class>/<breed>/ and
     leaves out exact copies and near copies (resized, re-encoded) of any Animals image."""
@@ -62,10 +70,7 @@ def test_other_collections_leaves_out_copies_of_the_animals_photos(tmp_path):
     samples = source / "datasets" / "oxford-pets" / "data" / "sample_images"
     for breed, folder, seed in [("Bengal", "cats", 1), ("Bengal", "cats", 2), ("beagle", "dogs", 3), ("pug", "dogs", 4)]:
         make_image(samples / folder / f"{breed}_{seed}.jpg", (90, 120, 150), size=(64, 48), seed=seed)
-    subprocess.run(["git", "init", "-q", str(source)], check=True)
-    subprocess.run(["git", "-C", str(source), "add", "."], check=True)
-    commit = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "samples"]
-    subprocess.run(commit, check=True)
+    commit_folder(source)
     animals = tmp_path / "animals"
     (animals / "Train" / "cat").mkdir(parents=True)
     (animals / "Train" / "cat" / "same.jpg").write_bytes((samples / "cats" / "Bengal_1.jpg").read_bytes())
@@ -89,3 +94,44 @@ def test_other_collections_leaves_out_copies_of_the_animals_photos(tmp_path):
     kept = sorted(path.relative_to(out).as_posix() for path in out.rglob("*.jpg"))
     assert kept == ["cat/Bengal/Bengal_2.jpg", "dog/beagle/beagle_3.jpg"]
     assert "'exact copy': 1, 'near copy': 1" in shown.stdout
+
+
+def test_traffic_signs_splits_whole_tracks_and_keeps_the_labelled_test_images(tmp_path):
+    """bench/traffic_signs.py puts every frame of a track on one side of Train / Valid (frames of a track are
+    near copies), keeps frames evenly spaced along each track, and lays the official test images out by
+    their labels in Heldout/."""
+    from conftest import make_image
+
+    source = tmp_path / "source"
+    training = source / "GTSRB" / "Final_Training" / "Images"
+    for class_id, tracks in [(0, 5), (14, 3)]:
+        for track in range(tracks):
+            for frame in range(6):
+                make_image(
+                    training / f"{class_id:05d}" / f"{track:05d}_{frame:05d}.ppm", (200, 30, 30), size=(24, 24), seed=frame
+                )
+    test = source / "GTSRB" / "Final_Test"
+    labels = [(f"{i:05d}.ppm", [0, 14][i % 2]) for i in range(6)]
+    for name, _ in labels:
+        make_image(test / "Images" / name, (30, 30, 200), size=(20, 20))
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"] + [f"{name};20;20;1;1;19;19;{c}" for name, c in labels]
+    (test / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+    commit_folder(source)
+    out = tmp_path / "out"
+    script = [sys.executable, str(BENCH / "traffic_signs.py"), "--source", str(source), "--out", str(out), "--test-every", "2"]
+    shown = subprocess.run(script, capture_output=True, text=True, check=True)
+    assert "2 classes" in shown.stdout and not (out / "Test").exists()
+
+    def tracks(split: str, folder: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for path in sorted((out / split / folder).glob("*.png")):
+            found.setdefault(path.stem.split("_")[0], []).append(path.stem.split("_")[1])
+        return found
+
+    for folder, count in [("00_speed_20", 5), ("14_stop", 3)]:
+        train, valid = tracks("Train", folder), tracks("Valid", folder)
+        assert len(train) + len(valid) == count and len(valid) == max(1, round(0.2 * count))
+        assert not set(train) & set(valid)
+        assert all(frames == ["00000", "00002", "00005"] for frames in [*train.values(), *valid.values()])
+    heldout = sorted(path.relative_to(out / "Heldout").as_posix() for path in (out / "Heldout").rglob("*.png"))
+    assert heldout == ["00_speed_20/00000.png", "00_speed_20/00002.png", "00_speed_20/00004.png"]

@@ -45,7 +45,7 @@ def model_input(images: torch.Tensor, size: int | None, mean, std, channels_last
 
 
 class BatchAugment:
-    """Per-sample random affine (zoom, aspect, rotation, shift, horizontal flip), colour jitter
+    """Per-sample random affine (zoom, aspect, rotation, shift, horizontal flip unless `mirror` is off), colour jitter
     and histogram equalisation, applied to a whole uint8 batch; returns floats in [0, 1].
 
     Randomness comes from `generator`, so a seeded epoch sees the same augmentations every time.
@@ -63,10 +63,12 @@ class BatchAugment:
         equalize_p: float = 0.1,
         grey_p: float = 0.0,
         blur_p: float = 0.0,
+        mirror: bool = True,
     ):
         self.zoom, self.aspect, self.rotate, self.shift = zoom, aspect, math.radians(rotate_degrees), shift
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
         self.equalize_p, self.grey_p, self.blur_p = equalize_p, grey_p, blur_p
+        self.mirror = mirror
 
     @classmethod
     def from_config(cls, data: DataConfig) -> BatchAugment:
@@ -79,6 +81,7 @@ class BatchAugment:
             equalize_p=data.equalize_p,
             grey_p=data.grey_p,
             blur_p=data.blur_p,
+            mirror=data.mirror,
         )
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
@@ -113,7 +116,7 @@ class BatchAugment:
         zoom = torch.exp(uniform(math.log(self.zoom[0]), math.log(self.zoom[1])))
         stretch = torch.exp(uniform(-self.aspect, self.aspect))
         angle = uniform(-self.rotate, self.rotate)
-        flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+        flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if self.mirror else torch.ones(len(angle), device=angle.device)
         cos, sin = torch.cos(angle), torch.sin(angle)
         sx, sy = flip * stretch / zoom, 1.0 / (stretch * zoom)
         # theta maps output coordinates to input coordinates in [-1, 1]; |scale| < 1 zooms in.

@@ -65,6 +65,7 @@ MUST_MATCH = {
     "decode_size": "decode size",
     "eval_size": "test size",
     "data.flip_tta": "flip TTA",
+    "data.mirror": "mirroring",
     "data.tta_sizes": "multi-size TTA",
 }
 

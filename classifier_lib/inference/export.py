@@ -53,7 +53,7 @@ class DeployedClassifier(nn.Module):
         self.model = loaded.model.float().eval()
         self.uint8_input = uint8_input
         self.eval_size = loaded.eval_size if loaded.eval_size != loaded.decode_size else None
-        self.flip = loaded.config.data.flip_tta
+        self.flip = loaded.config.data.mirror_tta
         self.register_buffer("mean", torch.tensor(loaded.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(loaded.std).view(1, 3, 1, 1))
 
@@ -102,7 +102,7 @@ def metadata(loaded: LoadedModel, uint8_input: bool) -> dict[str, str]:
         "mean": json.dumps(list(loaded.mean)),
         "std": json.dumps(list(loaded.std)),
         "eval_size": str(loaded.eval_size),
-        "tta": "flip" if data.flip_tta else "none",
+        "tta": "flip" if data.mirror_tta else "none",
         "not_exported": "multi-size TTA (data.tta_sizes 3)" if data.tta_sizes > 1 else "",
         "precision": "fp32",
         "classifier_lib_version": __version__,

@@ -49,7 +49,7 @@ class Predictor(ClassifierBase):
             batch_size,
             self.device,
             self.dtype,
-            flip=data.flip_tta,
+            flip=data.mirror_tta,
         )
         return logits.softmax(dim=1)
 

@@ -147,9 +147,8 @@ def evaluate_folder(checkpoint: str | Path, folder: str | Path, device: str = "a
     if not any((folder / name).is_dir() for name in predictor.class_names):
         raise DataLayoutError(f"{folder} has no folder named after a class the model knows {predictor.class_names}")
     labelled = load_split(folder, predictor.class_names, predictor.loaded.decode_size, every_class=False)
-    data_dir = Path(predictor.loaded.config.data.data_dir).expanduser().resolve()
-    inside = data_dir == folder.resolve() or data_dir in folder.resolve().parents
-    caveat = f"these images are inside the run's data folder {data_dir}: some may have been trained on" if inside else ""
+    trained_on = [path for path in _training_folders(predictor.loaded.config.data) if _overlap(path, folder.resolve())]
+    caveat = f"this folder overlaps the run's training images in {trained_on[0]}: not a score" if trained_on else ""
     return Evaluation(
         predictor.class_names,
         labelled.data,
@@ -158,6 +157,23 @@ def evaluate_folder(checkpoint: str | Path, folder: str | Path, device: str = "a
         _chosen_on(predictor.loaded.checkpoint),
         caveat,
     )
+
+
+def _training_folders(data) -> list[Path]:
+    """The folders a run's training images came from: Train (a split of it when there is no Valid), Valid
+    too with train_on_all, and any extra training folder. The whole data folder when it cannot be read."""
+    root = Path(data.data_dir).expanduser().resolve()
+    try:
+        splits = find_splits(root)
+    except DataLayoutError:
+        return [root]
+    folders = [splits.train, *([splits.valid] if data.train_on_all and splits.valid else [])]
+    return folders + ([Path(data.extra_train_dir).expanduser().resolve()] if data.extra_train_dir else [])
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether one folder is the other or inside it."""
+    return a == b or a in b.parents or b in a.parents
 
 
 def side_by_side(evaluations: dict[str, Evaluation]) -> pd.DataFrame:

@@ -8,9 +8,16 @@ of the budget, how often to validate (about VALIDATION_SHARE of the budget at mo
 figures. The one-cycle schedule and the progressive-resizing steps follow from the epoch count, as in
 any run. The budget counts from the measurement on; decoding images into the cache comes before it.
 
-The chosen `train.epochs`, `validate_every` and `tensorboard_every` are saved in config.json beside
-the budget, so `--config config.json --epochs N` repeats the run exactly; the measurements are in
-budget.json.
+A few seconds of measurement cannot see a machine that gets slower or faster later (other work on it,
+changing clocks: on one machine here the same step took 94 ms in one measurement and 163 ms in
+another). So after 10, 30 and 60 % of the planned epochs (REFIT_AT) the plan is fitted again to what
+the epochs so far really took, as Ultralytics does for its `time` argument: the epoch count, validation
+and figure frequency change, and the learning-rate schedule and progressive resizing follow the new
+count from the step reached.
+
+The final `train.epochs`, `validate_every` and `tensorboard_every` are saved in config.json beside the
+budget, so `--config config.json --epochs N` trains that schedule from the start (the same run exactly
+when no re-fit changed it); the measurements and every re-fit are in budget.json.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ VALIDATION_SHARE = 0.05  # at most this share of the budget goes to validating
 MAX_VALIDATIONS = 30  # enough points for the curves
 FIGURE_ROUNDS = 5  # TensorBoard figures (seconds each) are drawn about this many times, and after the last epoch
 SAFETY = 0.97  # plan to this share of the budget: what the measurement does not see (logs, noise)
+# after these shares of the planned epochs the plan is fitted again to what the epochs really took: a machine
+# shared with other work, or whose clocks change, runs at another speed than in the few seconds measured
+REFIT_AT = (0.1, 0.3, 0.6)
+REFIT_TOLERANCE = 0.02  # a re-fit that changes the epoch count by less than this share keeps the plan
 MAX_EPOCHS = 10_000
 
 
@@ -69,6 +80,26 @@ class BudgetPlan:
     planned_s: float  # the estimate of the whole run, the measurement included
     probe_s: float  # the measurement itself
     speeds: Speeds
+    refits: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # each re-fit: after which epoch, to what
+
+    def refit_epochs(self) -> set[int]:
+        """The epochs after which the plan is fitted again (see REFIT_AT)."""
+        return {epoch for epoch in (max(1, round(share * self.epochs)) for share in REFIT_AT) if epoch < self.epochs}
+
+    def predicted_s(self, config: Config, history: list[dict[str, float]]) -> float:
+        """What the plan's speeds say the epochs in `history` should have cost."""
+        speeds = self.speeds
+        return sum(
+            speeds.step_s[int(row["image_size"])] * speeds.steps_per_epoch
+            + (speeds.validation_s if "valid_acc" in row else 0.0)
+            + speeds.epoch_s
+            + (speeds.figures_s if self._drew_figures(row) else 0.0)
+            for row in history
+        )
+
+    def _drew_figures(self, row: dict[str, float]) -> bool:
+        every = self.tensorboard_every
+        return bool(every) and "valid_acc" in row and int(row["epoch"]) % every < self.validate_every
 
     def apply(self, config: Config) -> Config:
         """`config` with the chosen epochs, validation and figure frequencies."""
@@ -87,6 +118,13 @@ class BudgetPlan:
         if self.planned_s > self.budget_s:
             line += "; WARNING: the budget is smaller than one epoch, so one epoch is run"
         return line
+
+    def describe_refit(self) -> str:
+        last = self.refits[-1]
+        return (
+            f"budget: epochs 1-{last['after_epoch']} ran at {1 / last['speed_ratio']:.0%} of the measured speed "
+            f"-> {self.epochs} epochs instead of {last['epochs_before']}, validated every {self.validate_every}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         plan = dataclasses.asdict(self)
@@ -109,6 +147,31 @@ def plan_budget(config: Config, data: DataBundle, device: torch.device) -> Budge
         plan = BudgetPlan(config.train.budget_s, epochs, every, figures_every, seconds + probe_s, probe_s, speeds)
     del probe
     return distributed.broadcast(plan)
+
+
+def refit(plan: BudgetPlan, config: Config, history: list[dict[str, float]]) -> BudgetPlan | None:
+    """The plan fitted again after the epochs in `history`, its measured speeds scaled by what those epochs
+    really took against what they predicted; None when the epoch count changes by less than REFIT_TOLERANCE.
+    The new count is never below the epochs done plus one."""
+    done = len(history)
+    ratio = (history[-1]["elapsed_s"] - plan.probe_s) / max(plan.predicted_s(config, history), 1e-9)
+    old = plan.speeds
+    scaled = Speeds(
+        {size: seconds * ratio for size, seconds in old.step_s.items()},
+        old.steps_per_epoch,
+        old.validation_s * ratio,
+        old.epoch_s * ratio,
+        old.figures_s * ratio,
+    )
+    epochs, every, figures_every, seconds = fit_schedule(config, scaled, plan.budget_s - plan.probe_s)
+    epochs = max(epochs, done + 1)
+    if abs(epochs - plan.epochs) <= REFIT_TOLERANCE * plan.epochs:
+        return None
+    record = {"after_epoch": done, "speed_ratio": ratio, "epochs_before": plan.epochs, "epochs": epochs}
+    return dataclasses.replace(
+        plan, epochs=epochs, validate_every=every, tensorboard_every=figures_every,
+        planned_s=seconds + plan.probe_s, speeds=scaled, refits=[*plan.refits, record],
+    )  # fmt: skip
 
 
 def training_sizes(config: Config) -> list[int]:
@@ -181,7 +244,7 @@ def _time_validation(trainer: Trainer) -> tuple[float, float]:
             settings.tta_size_list,
             device=trainer.device,
             dtype=trainer.dtype,
-            flip=settings.flip_tta,
+            flip=settings.mirror_tta,
         )
         _synchronize(trainer.device)
         return logits

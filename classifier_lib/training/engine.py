@@ -27,7 +27,7 @@ from classifier_lib.config import Config
 from classifier_lib.data.dataset import DataBundle, load_data
 from classifier_lib.inference.checkpoint import read_checkpoint, save_checkpoint
 from classifier_lib.model.resnet import count_parameters
-from classifier_lib.training.budget import plan_budget
+from classifier_lib.training.budget import BudgetPlan, plan_budget, refit
 from classifier_lib.training.tb_figures import log_figures
 from classifier_lib.training.trainer import Trainer, setup_system
 from classifier_lib.utils import distributed
@@ -108,15 +108,11 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
     )
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
     start_time = started - (trainer.state.history[-1]["elapsed_s"] if trainer.state.history else 0.0)
-    interrupted, stop_reason = False, f"completed {config.train.epochs} epochs"
+    interrupted, stop_reason = False, ""
+    shown = main and progress_bar_wanted()
+    bar = tqdm(desc="training", initial=trainer.state.epoch, total=config.train.epochs, disable=not shown)
     try:
-        for _ in tqdm(
-            range(trainer.state.epoch, config.train.epochs),
-            desc="training",
-            initial=trainer.state.epoch,
-            total=config.train.epochs,
-            disable=not (main and progress_bar_wanted()),
-        ):
+        while trainer.state.epoch < config.train.epochs:
             row = {"epoch": trainer.state.epoch + 1, "lr": trainer.state.optimizer.param_groups[0]["lr"]}
             row |= trainer.train_epoch()
             final = trainer.state.epoch + 1 == config.train.epochs
@@ -128,16 +124,22 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
             trainer.state.history.append(row)
             early_stop = early_stop_reason(trainer.state.history, config.train.patience, config.train.monitor)
             _end_of_epoch(trainer, run_dir, row, writer, last=bool(early_stop) or trainer.state.epoch == config.train.epochs)
+            bar.update()
             if early_stop:
                 stop_reason = early_stop
                 _log(stop_reason)
                 break
+            if plan is not None and trainer.state.epoch in plan.refit_epochs():
+                plan = _follow_budget(trainer, plan, run_dir)
+                config, bar.total = trainer.config, trainer.config.train.epochs
     except KeyboardInterrupt:
         interrupted, stop_reason = True, f"interrupted during epoch {trainer.state.epoch + 1}"
         _log(_interrupt_message(trainer, run_dir))
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
+    stop_reason = stop_reason or f"completed {config.train.epochs} epochs"
     result = TrainResult(
         run_dir, trainer.state.history, trainer.state.best_valid_acc, trainer.state.best_epoch, interrupted, stop_reason
     )
@@ -146,6 +148,20 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
     if main:
         _write_metrics(trainer, run_dir, result)
     return result
+
+
+def _follow_budget(trainer: Trainer, plan: BudgetPlan, run_dir: Path) -> BudgetPlan:
+    """Fit the budget again to the epochs so far (`budget.refit`); on a change, go on under the new
+    schedule and save it (config.json, budget.json). Rank 0 decides for all."""
+    refitted = distributed.broadcast(refit(plan, trainer.config, trainer.state.history) if distributed.is_main() else None)
+    if refitted is None:
+        return plan
+    trainer.reschedule(refitted.apply(trainer.config))
+    _log(refitted.describe_refit())
+    if distributed.is_main():
+        trainer.config.save(run_dir / "config.json")
+        write_json(run_dir / "budget.json", refitted.to_dict())
+    return refitted
 
 
 def _data_line(config: Config, data: DataBundle) -> str:

@@ -54,6 +54,19 @@ class TrainState:
         self.history: list[dict[str, float]] = []
         self.best_valid_acc, self.best_epoch = -1.0, 0
 
+    def reschedule(self, config: Config) -> None:
+        """Go on under `config`'s epoch count (a time budget fitted again): its learning-rate schedule,
+        joined at the step reached."""
+        self.config = config
+        self._join_schedule(self.scheduler.last_epoch)
+
+    def _join_schedule(self, steps: int) -> None:
+        for group in self.optimizer.param_groups:  # a fresh schedule starts from the base rates
+            group["lr"] = base_lr(group, self.config)
+            group.pop("initial_lr", None)
+        self.scheduler = make_scheduler(self.optimizer, self.config, self.steps_per_epoch)
+        fast_forward(self.scheduler, steps)
+
     def _distributed(self, device: torch.device) -> nn.Module:
         """DistributedDataParallel around the model (with SyncBatchNorm if asked: CUDA only)."""
         if self.config.train.sync_bn:
@@ -135,11 +148,7 @@ class TrainState:
         if state["config"]["train"]["epochs"] == planned:
             self.scheduler.load_state_dict(state["scheduler"])
         else:  # a longer run: the schedule for the new epoch count, joined at the step reached
-            for group in self.optimizer.param_groups:  # a fresh schedule starts from the base rates
-                group["lr"] = base_lr(group, self.config)
-                group.pop("initial_lr", None)
-            self.scheduler = make_scheduler(self.optimizer, self.config, self.steps_per_epoch)
-            fast_forward(self.scheduler, done * self.steps_per_epoch)
+            self._join_schedule(done * self.steps_per_epoch)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = done
         self.history = json.loads(state["history"])

@@ -72,6 +72,11 @@ class Trainer:
         # then the epoch lines headline balanced accuracy beside accuracy
         self.imbalanced = is_imbalanced(dict(enumerate(torch.bincount(data.train.labels.cpu()).tolist())))
 
+    def reschedule(self, config: Config) -> None:
+        """Go on under `config` (another epoch count, validation and figure frequency: a re-fitted budget)."""
+        self.config = config
+        self.state.reschedule(config)
+
     # --- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
         order = torch.Generator().manual_seed(self.epoch_seed())  # the same batch order on every rank

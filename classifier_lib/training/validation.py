@@ -32,7 +32,7 @@ def validate(
         size=settings.tta_size_list,
         device=device,
         dtype=dtype,
-        flip=settings.flip_tta,
+        flip=settings.mirror_tta,
     )
     labels = data.valid.labels
     accuracy = multiclass_accuracy(logits, labels, len(data.class_names), average="micro")
