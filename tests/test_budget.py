@@ -148,7 +148,9 @@ def test_refit_scales_the_plan_to_the_measured_epochs():
     assert slower is not None and slower.epochs == pytest.approx(epochs / 2, abs=2) and slower.refits[0]["speed_ratio"] == 2.0
     faster = refit(plan, config, history(0.5))
     assert faster is not None and faster.epochs == pytest.approx(epochs * 2, abs=3)
-    assert refit(plan, config, history(1.005)) is None  # within the tolerance: the plan stands
+    assert refit(plan, config, history(1.02)) is None  # within the tolerance: the plan stands
+    moved = refit(plan, config, history(0.5, count=round(0.1 * epochs)))
+    assert moved is not None and moved.refit_epochs() == plan.refit_epochs()  # the first plan's points: no cascade
     assert refit(plan, config, history(50.0, count=3)).epochs == 4  # far over: never fewer than the epochs done + 1
 
 

@@ -10,8 +10,8 @@ any run. The budget counts from the measurement on; decoding images into the cac
 
 A few seconds of measurement cannot see a machine that gets slower or faster later (other work on it,
 changing clocks: on one machine here the same step took 94 ms in one measurement and 163 ms in
-another). So after 10, 30 and 60 % of the planned epochs (REFIT_AT) the plan is fitted again to what
-the epochs so far really took, as Ultralytics does for its `time` argument: the epoch count, validation
+another). So after 10, 30 and 60 % of the first plan's epochs (REFIT_AT) the plan is fitted again to
+what the epochs so far really took, as Ultralytics does for its `time` argument: the epoch count, validation
 and figure frequency change, and the learning-rate schedule and progressive resizing follow the new
 count from the step reached.
 
@@ -54,7 +54,7 @@ SAFETY = 0.97  # plan to this share of the budget: what the measurement does not
 # after these shares of the planned epochs the plan is fitted again to what the epochs really took: a machine
 # shared with other work, or whose clocks change, runs at another speed than in the few seconds measured
 REFIT_AT = (0.1, 0.3, 0.6)
-REFIT_TOLERANCE = 0.02  # a re-fit that changes the epoch count by less than this share keeps the plan
+REFIT_TOLERANCE = 0.03  # a re-fit that changes the epoch count by at most this share (or one epoch) keeps the plan
 MAX_EPOCHS = 10_000
 
 
@@ -83,8 +83,10 @@ class BudgetPlan:
     refits: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # each re-fit: after which epoch, to what
 
     def refit_epochs(self) -> set[int]:
-        """The epochs after which the plan is fitted again (see REFIT_AT)."""
-        return {epoch for epoch in (max(1, round(share * self.epochs)) for share in REFIT_AT) if epoch < self.epochs}
+        """The epochs after which the plan is fitted again (see REFIT_AT): shares of the first plan's epochs,
+        so that a re-fit does not move the next ones."""
+        planned = self.refits[0]["epochs_before"] if self.refits else self.epochs
+        return {epoch for epoch in (max(1, round(share * planned)) for share in REFIT_AT) if epoch < self.epochs}
 
     def predicted_s(self, config: Config, history: list[dict[str, float]]) -> float:
         """What the plan's speeds say the epochs in `history` should have cost."""
@@ -165,7 +167,7 @@ def refit(plan: BudgetPlan, config: Config, history: list[dict[str, float]]) -> 
     )
     epochs, every, figures_every, seconds = fit_schedule(config, scaled, plan.budget_s - plan.probe_s)
     epochs = max(epochs, done + 1)
-    if abs(epochs - plan.epochs) <= REFIT_TOLERANCE * plan.epochs:
+    if abs(epochs - plan.epochs) <= max(1.0, REFIT_TOLERANCE * plan.epochs):
         return None
     record = {"after_epoch": done, "speed_ratio": ratio, "epochs_before": plan.epochs, "epochs": epochs}
     return dataclasses.replace(
