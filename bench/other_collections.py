@@ -22,12 +22,11 @@ import argparse
 import hashlib
 import io
 import shutil
-import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sources import repository_files  # bench/sources.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 ANIMALS = ROOT.parent / "shared" / "datasets" / "animals"
@@ -42,16 +41,6 @@ def difference_hash(image: Image.Image) -> int:
     pixels = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
     return int("".join("1" if bit else "0" for bit in bits), 2)
-
-
-def source_files(source: Path) -> dict[str, bytes]:
-    """The sample images of the repository at `source` (a clone or a bare mirror): {path: bytes}."""
-    git_dir = source / ".git" if (source / ".git").exists() else source
-    archive = subprocess.run(
-        ["git", f"--git-dir={git_dir}", "archive", "--format=tar", "HEAD", SAMPLES], check=True, capture_output=True
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        return {member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()}
 
 
 def animals_fingerprints(animals: Path) -> tuple[set[str], np.ndarray]:
@@ -85,7 +74,7 @@ def main() -> None:
     print(f"{len(hashes)} Animals images fingerprinted")
     kept: dict[str, int] = {}
     left_out = {"exact copy": 0, "near copy": 0, "unreadable": 0}
-    for name, data in sorted(source_files(args.source).items()):
+    for name, data in sorted(repository_files(args.source, SAMPLES).items()):
         folder, file = Path(name).parts[-2:]
         if folder not in CLASSES:
             continue

@@ -25,12 +25,11 @@ import csv
 import io
 import random
 import shutil
-import subprocess
-import tarfile
 from collections import defaultdict
 from pathlib import Path
 
 from PIL import Image
+from sources import repository_files  # bench/sources.py, beside this script
 
 SOURCE_ROOT = "GTSRB"
 VALID_SHARE = 0.2
@@ -50,16 +49,6 @@ CLASS_NAMES = [
 def class_folder(class_id: int) -> str:
     """`07_speed_100`: the id first, so that the folders sort in GTSRB's order."""
     return f"{class_id:02d}_{CLASS_NAMES[class_id]}"
-
-
-def source_files(source: Path) -> dict[str, bytes]:
-    """Every file under GTSRB/ in the repository at `source` (a clone or a bare mirror): {path: bytes}."""
-    git_dir = source / ".git" if (source / ".git").exists() else source
-    archive = subprocess.run(
-        ["git", f"--git-dir={git_dir}", "archive", "--format=tar", "HEAD", SOURCE_ROOT], check=True, capture_output=True
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        return {member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()}
 
 
 def training_tracks(files: dict[str, bytes]) -> dict[int, dict[str, list[str]]]:
@@ -100,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)
-    files = source_files(args.source)
+    files = repository_files(args.source, SOURCE_ROOT)
     counts: dict[str, int] = defaultdict(int)
     rng = random.Random(args.seed)
     for class_id, tracks in sorted(training_tracks(files).items()):
