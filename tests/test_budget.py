@@ -115,9 +115,7 @@ def test_a_budget_fits_itself_again_to_what_the_epochs_really_take(tiny_data, tm
 
     def pessimistic(config, data, device):
         plan = measured(config, data, device)
-        old = plan.speeds
-        step_s = {size: 5 * seconds for size, seconds in old.step_s.items()}
-        slow = Speeds(step_s, old.steps_per_epoch, 5 * old.validation_s, 5 * old.epoch_s, figures_s=0.0)
+        slow = plan.speeds.scaled(5.0)
         epochs, every, figures_every, seconds = fit_schedule(config, slow, config.train.budget_s - plan.probe_s)
         return BudgetPlan(plan.budget_s, epochs, every, figures_every, seconds + plan.probe_s, plan.probe_s, slow)
 

@@ -68,6 +68,11 @@ class Speeds:
     epoch_s: float  # what every epoch writes: last.pt, metrics.json, the TensorBoard scalars
     figures_s: float  # one round of TensorBoard figures (0 when train.tensorboard_every is 0)
 
+    def scaled(self, factor: float) -> Speeds:
+        """Every cost `factor` times as long (the steps per epoch unchanged)."""
+        step_s = {size: seconds * factor for size, seconds in self.step_s.items()}
+        return Speeds(step_s, self.steps_per_epoch, self.validation_s * factor, self.epoch_s * factor, self.figures_s * factor)
+
 
 @dataclass
 class BudgetPlan:
@@ -88,7 +93,7 @@ class BudgetPlan:
         planned = self.refits[0]["epochs_before"] if self.refits else self.epochs
         return {epoch for epoch in (max(1, round(share * planned)) for share in REFIT_AT) if epoch < self.epochs}
 
-    def predicted_s(self, config: Config, history: list[dict[str, float]]) -> float:
+    def predicted_s(self, history: list[dict[str, float]]) -> float:
         """What the plan's speeds say the epochs in `history` should have cost."""
         speeds = self.speeds
         return sum(
@@ -156,15 +161,8 @@ def refit(plan: BudgetPlan, config: Config, history: list[dict[str, float]]) -> 
     really took against what they predicted; None when the epoch count changes by less than REFIT_TOLERANCE.
     The new count is never below the epochs done plus one."""
     done = len(history)
-    ratio = (history[-1]["elapsed_s"] - plan.probe_s) / max(plan.predicted_s(config, history), 1e-9)
-    old = plan.speeds
-    scaled = Speeds(
-        {size: seconds * ratio for size, seconds in old.step_s.items()},
-        old.steps_per_epoch,
-        old.validation_s * ratio,
-        old.epoch_s * ratio,
-        old.figures_s * ratio,
-    )
+    ratio = (history[-1]["elapsed_s"] - plan.probe_s) / max(plan.predicted_s(history), 1e-9)
+    scaled = plan.speeds.scaled(ratio)
     epochs, every, figures_every, seconds = fit_schedule(config, scaled, plan.budget_s - plan.probe_s)
     epochs = max(epochs, done + 1)
     if abs(epochs - plan.epochs) <= max(1.0, REFIT_TOLERANCE * plan.epochs):
