@@ -17,6 +17,7 @@ from classifier_lib.presets import preset_config
 from classifier_lib.training.budget import (
     FIGURE_ROUNDS,
     MAX_VALIDATIONS,
+    REFIT_AT,
     SAFETY,
     BudgetPlan,
     Speeds,
@@ -85,8 +86,7 @@ def test_a_budget_run_ends_near_its_budget_and_saves_its_epochs(tiny_data, tmp_p
     assert set(plan["speeds"]["step_s"]) == {"32"} and plan["probe_s"] < budget / 2
     assert saved["tensorboard_every"] == plan["tensorboard_every"] > 0
     assert all(refit["epochs"] != refit["epochs_before"] for refit in plan["refits"])
-    used = metrics["history"][-1]["elapsed_s"]  # counted from the measurement on
-    assert 0.5 * budget < used < 1.3 * budget  # loose: a shared CI machine; bench/time_to_accuracy.py measures adherence
+    assert plan["planned_s"] <= budget  # how close the run lands is timing: bench/time_to_accuracy.py measures it
 
 
 def test_a_budget_run_without_refits_repeats_exactly_with_its_epochs(tiny_data, tmp_path, monkeypatch):
@@ -132,24 +132,55 @@ def test_a_budget_fits_itself_again_to_what_the_epochs_really_take(tiny_data, tm
     assert schedule["last_epoch"] == schedule["total_steps"]  # the whole schedule was run, none of it twice
 
 
-def test_refit_scales_the_plan_to_the_measured_epochs():
-    config = Config().override({"data.image_size": 64, "data.min_size": 0, "train.tensorboard_every": 0})
-    speeds = Speeds({64: 0.1}, steps_per_epoch=10, validation_s=0.0, epoch_s=0.0, figures_s=0.0)
+def _flat_plan(figures_s: float = 0.0) -> tuple[Config, BudgetPlan]:
+    """A plan for 1 s epochs (ten 0.1 s steps) in 100 s, nothing else priced unless figures are on."""
+    config = Config().override({"data.image_size": 64, "data.min_size": 0, "train.tensorboard_every": int(figures_s > 0)})
+    speeds = Speeds({64: 0.1}, steps_per_epoch=10, validation_s=0.0, epoch_s=0.0, figures_s=figures_s)
     epochs, every, figures_every, seconds = fit_schedule(config, speeds, 100)
-    plan = BudgetPlan(100, epochs, every, figures_every, seconds, 0.0, speeds)
-    assert plan.refit_epochs() == {round(0.1 * epochs), round(0.3 * epochs), round(0.6 * epochs)}
+    return config, BudgetPlan(100, epochs, every, figures_every, seconds, 0.0, speeds)
 
-    def history(seconds_each: float, count: int = 10):
-        return [{"epoch": n + 1, "image_size": 64, "train_acc": 0.5, "elapsed_s": (n + 1) * seconds_each} for n in range(count)]
 
-    slower = refit(plan, config, history(2.0))  # twice the 1 s an epoch predicted
+def _history(seconds_each: list[float]) -> list[dict[str, float]]:
+    elapsed = [sum(seconds_each[: n + 1]) for n in range(len(seconds_each))]
+    return [{"epoch": n + 1, "image_size": 64, "train_acc": 0.5, "elapsed_s": s} for n, s in enumerate(elapsed)]
+
+
+def test_refit_scales_the_plan_to_the_measured_epochs():
+    config, plan = _flat_plan()
+    epochs = plan.epochs
+    assert plan.refit_epochs() == {round(share * epochs) for share in REFIT_AT}
+    slower = refit(plan, config, _history([2.0] * 10))  # twice the 1 s an epoch priced
     assert slower is not None and slower.epochs == pytest.approx(epochs / 2, abs=2) and slower.refits[0]["speed_ratio"] == 2.0
-    faster = refit(plan, config, history(0.5))
+    assert slower.planned_s <= plan.budget_s
+    faster = refit(plan, config, _history([0.5] * 10))
     assert faster is not None and faster.epochs == pytest.approx(epochs * 2, abs=3)
-    assert refit(plan, config, history(1.02)) is None  # within the tolerance: the plan stands
-    moved = refit(plan, config, history(0.5, count=round(0.1 * epochs)))
+    assert refit(plan, config, _history([1.02] * 10)) is None  # within the tolerance: the plan stands
+    moved = refit(plan, config, _history([0.5] * round(0.1 * epochs)))
     assert moved is not None and moved.refit_epochs() == plan.refit_epochs()  # the first plan's points: no cascade
-    assert refit(plan, config, history(50.0, count=3)).epochs == 4  # far over: never fewer than the epochs done + 1
+    assert refit(plan, config, _history([50.0] * 3)).epochs == 4  # far over: never fewer than the epochs done + 1
+
+
+def test_a_few_slow_epochs_cost_their_time_but_do_not_rescale_the_steps():
+    """Epochs that drew figures (priced at 5 s a round: here 10 s, or a slow first epoch) are spent time, not
+    a slower machine: the steps keep their price and the budget loses just the extra seconds. Scaling every
+    price by the mean (what an earlier version did) planned 479 epochs for a 12 s budget and ran 40 s."""
+    config, plan = _flat_plan(figures_s=5.0)
+    seconds_each = [1.0] * 10
+    seconds_each[0] = seconds_each[6] = 11.0
+    refitted = refit(plan, config, _history(seconds_each))
+    assert refitted is not None and refitted.refits[0]["speed_ratio"] == 1.0
+    assert refitted.epochs == pytest.approx(plan.epochs - 20, abs=2)  # the 20 s beyond the price, at 1 s an epoch
+
+
+def test_the_speed_is_measured_since_the_last_refit():
+    """A machine that slows down half way is seen at its new speed, not averaged with its past."""
+    config, plan = _flat_plan()
+    first = refit(plan, config, _history([0.5] * 10))
+    assert first is not None
+    later = refit(first, config, _history([0.5] * 10 + [1.0] * 20))
+    assert later is not None and later.refits[-1]["speed_ratio"] == pytest.approx(2.0)
+    assert later.epochs == pytest.approx(10 + 20 + (100 * SAFETY - 25) / 1.0, abs=2)
+    assert "epochs 11-30 ran at 50% of the planned speed" in later.describe_refit()
 
 
 def test_resuming_a_budget_run_keeps_its_schedule(tiny_data, tmp_path):

@@ -10,10 +10,10 @@ any run. The budget counts from the measurement on; decoding images into the cac
 
 A few seconds of measurement cannot see a machine that gets slower or faster later (other work on it,
 changing clocks: on one machine here the same step took 94 ms in one measurement and 163 ms in
-another). So after 10, 30 and 60 % of the first plan's epochs (REFIT_AT) the plan is fitted again to
-what the epochs so far really took, as Ultralytics does for its `time` argument: the epoch count, validation
-and figure frequency change, and the learning-rate schedule and progressive resizing follow the new
-count from the step reached.
+another). So after 10, 30, 60 and 85 % of the first plan's epochs (REFIT_AT) the plan is fitted again
+to what the epochs since the last re-fit really took (the median epoch, against what the plan priced it at),
+as Ultralytics does for its `time` argument: the epoch count, validation and figure frequency change, and
+the learning-rate schedule and progressive resizing follow the new count from the step reached.
 
 The final `train.epochs`, `validate_every` and `tensorboard_every` are saved in config.json beside the
 budget, so `--config config.json --epochs N` trains that schedule from the start (the same run exactly
@@ -53,7 +53,7 @@ FIGURE_ROUNDS = 5  # TensorBoard figures (seconds each) are drawn about this man
 SAFETY = 0.97  # plan to this share of the budget: what the measurement does not see (logs, noise)
 # after these shares of the planned epochs the plan is fitted again to what the epochs really took: a machine
 # shared with other work, or whose clocks change, runs at another speed than in the few seconds measured
-REFIT_AT = (0.1, 0.3, 0.6)
+REFIT_AT = (0.1, 0.3, 0.6, 0.85)  # the last one for a machine that changes late in the run
 REFIT_TOLERANCE = 0.03  # a re-fit that changes the epoch count by at most this share (or one epoch) keeps the plan
 MAX_EPOCHS = 10_000
 
@@ -93,20 +93,12 @@ class BudgetPlan:
         planned = self.refits[0]["epochs_before"] if self.refits else self.epochs
         return {epoch for epoch in (max(1, round(share * planned)) for share in REFIT_AT) if epoch < self.epochs}
 
-    def predicted_s(self, history: list[dict[str, float]]) -> float:
-        """What the plan's speeds say the epochs in `history` should have cost."""
+    def epoch_cost_s(self, row: dict[str, float]) -> float:
+        """What the plan's speeds price one epoch of the history at: its steps, its validation and what every
+        epoch writes (TensorBoard figures left out: a few epochs draw them, and `refit` takes a median)."""
         speeds = self.speeds
-        return sum(
-            speeds.step_s[int(row["image_size"])] * speeds.steps_per_epoch
-            + (speeds.validation_s if "valid_acc" in row else 0.0)
-            + speeds.epoch_s
-            + (speeds.figures_s if self._drew_figures(row) else 0.0)
-            for row in history
-        )
-
-    def _drew_figures(self, row: dict[str, float]) -> bool:
-        every = self.tensorboard_every
-        return bool(every) and "valid_acc" in row and int(row["epoch"]) % every < self.validate_every
+        validation_s = speeds.validation_s if "valid_acc" in row else 0.0
+        return speeds.step_s[int(row["image_size"])] * speeds.steps_per_epoch + validation_s + speeds.epoch_s
 
     def apply(self, config: Config) -> Config:
         """`config` with the chosen epochs, validation and figure frequencies."""
@@ -127,9 +119,10 @@ class BudgetPlan:
         return line
 
     def describe_refit(self) -> str:
-        last = self.refits[-1]
+        *earlier, last = self.refits
+        first = earlier[-1]["after_epoch"] + 1 if earlier else 1
         return (
-            f"budget: epochs 1-{last['after_epoch']} ran at {1 / last['speed_ratio']:.0%} of the measured speed "
+            f"budget: epochs {first}-{last['after_epoch']} ran at {1 / last['speed_ratio']:.0%} of the planned speed "
             f"-> {self.epochs} epochs instead of {last['epochs_before']}, validated every {self.validate_every}"
         )
 
@@ -157,21 +150,36 @@ def plan_budget(config: Config, data: DataBundle, device: torch.device) -> Budge
 
 
 def refit(plan: BudgetPlan, config: Config, history: list[dict[str, float]]) -> BudgetPlan | None:
-    """The plan fitted again after the epochs in `history`, its measured speeds scaled by what those epochs
-    really took against what they predicted; None when the epoch count changes by less than REFIT_TOLERANCE.
-    The new count is never below the epochs done plus one."""
+    """The plan fitted again after the epochs in `history`: its speeds scaled by how much longer (or shorter)
+    the epochs since the last re-fit took than it priced them at (`speed_ratio`), and the time the epochs
+    done spent beyond their price at the new speeds (figures, a slow first epoch) taken from the budget.
+    None when the epoch count changes by less than REFIT_TOLERANCE; never fewer than the epochs done plus one."""
     done = len(history)
-    ratio = (history[-1]["elapsed_s"] - plan.probe_s) / max(plan.predicted_s(history), 1e-9)
-    scaled = plan.speeds.scaled(ratio)
-    epochs, every, figures_every, seconds = fit_schedule(config, scaled, plan.budget_s - plan.probe_s)
+    ratio = speed_ratio(plan, history)
+    scaled = dataclasses.replace(plan, speeds=plan.speeds.scaled(ratio))
+    beyond_s = history[-1]["elapsed_s"] - plan.probe_s - sum(scaled.epoch_cost_s(row) for row in history)
+    epochs, every, figures_every, seconds = fit_schedule(config, scaled.speeds, plan.budget_s - plan.probe_s - beyond_s)
     epochs = max(epochs, done + 1)
     if abs(epochs - plan.epochs) <= max(1.0, REFIT_TOLERANCE * plan.epochs):
         return None
     record = {"after_epoch": done, "speed_ratio": ratio, "epochs_before": plan.epochs, "epochs": epochs}
     return dataclasses.replace(
-        plan, epochs=epochs, validate_every=every, tensorboard_every=figures_every,
-        planned_s=seconds + plan.probe_s, speeds=scaled, refits=[*plan.refits, record],
+        scaled, epochs=epochs, validate_every=every, tensorboard_every=figures_every,
+        planned_s=seconds + beyond_s + plan.probe_s, refits=[*plan.refits, record],
     )  # fmt: skip
+
+
+def speed_ratio(plan: BudgetPlan, history: list[dict[str, float]]) -> float:
+    """The median, over the epochs since the plan's last re-fit, of the seconds each took over the seconds
+    the plan priced it at. A median, so that the few epochs that also drew figures or wrote a best.pt do
+    not move it; since the last re-fit, so that it follows the crop sizes and the machine as they are now."""
+    start = plan.refits[-1]["after_epoch"] if plan.refits else 0
+    previous_s = history[start - 1]["elapsed_s"] if start else plan.probe_s
+    ratios = []
+    for row in history[start:]:
+        ratios.append((row["elapsed_s"] - previous_s) / max(plan.epoch_cost_s(row), 1e-9))
+        previous_s = row["elapsed_s"]
+    return statistics.median(ratios)
 
 
 def training_sizes(config: Config) -> list[int]:
