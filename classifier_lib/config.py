@@ -63,6 +63,7 @@ class DataConfig:
     equalize_p: float = 0.1  # chance of histogram equalisation per image
     grey_p: float = 0.0  # chance of turning an image grey: for photos unlike the training set's
     blur_p: float = 0.0  # chance of a Gaussian blur (sigma 0.3-1.5 px): likewise
+    trivial_p: float = 0.0  # share of the images given one TrivialAugmentWide operation (torchvision's): likewise
     # mirror images: random horizontal flips in training. Off where left and right are different classes (traffic
     # signs, text, arrows); flip TTA is then off too
     mirror: bool = True
@@ -191,7 +192,10 @@ class Config:
             (data.tta_sizes in (1, 3), f"data.tta_sizes must be 1 or 3, got {data.tta_sizes}"),
             (0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {data.val_fraction}"),
             (0 <= train.mix_p <= 1, f"train.mix_p must be in [0, 1], got {train.mix_p}"),
-            (0 <= data.grey_p <= 1 and 0 <= data.blur_p <= 1, "data.grey_p and data.blur_p must be in [0, 1]"),
+            (
+                all(0 <= p <= 1 for p in (data.grey_p, data.blur_p, data.trivial_p)),
+                "data.grey_p, data.blur_p and data.trivial_p must be in [0, 1]",
+            ),
             (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),
             (train.lr > 0, f"train.lr must be positive, got {train.lr}"),
             (

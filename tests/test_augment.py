@@ -84,3 +84,18 @@ def test_grey_and_blur_touch_only_the_chosen_images():
     always = BatchAugment(**identity, blur_p=1.0)(images, torch.Generator().manual_seed(0))
     plain = BatchAugment(**identity)(images, torch.Generator().manual_seed(0))
     assert always.std() < plain.std()  # blurred noise is smoother
+
+
+def test_trivial_augment_changes_the_chosen_images_reproducibly_and_leaves_the_global_generator_alone():
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    identity = dict(
+        zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, equalize_p=0.0
+    )
+    augment = BatchAugment(**identity, trivial_p=0.5, mirror=False)
+    global_state = torch.random.get_rng_state()
+    first = augment(images, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    assert torch.equal(first, augment(images, torch.Generator().manual_seed(0)))
+    changed = sum(not torch.allclose(out, image.float() / 255, atol=1e-5) for out, image in zip(first, images))
+    assert 10 < changed < 54  # about half (TrivialAugmentWide's "identity" operation leaves some unchanged)
+    assert not torch.equal(first, augment(images, torch.Generator().manual_seed(1)))

@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from classifier_lib.config import SIZE_STEP, Config, DataConfig
 
 PROGRESSIVE_END = 0.75  # progressive resizing reaches the full image size at 75 % of the epochs
+TRIVIAL_GROUP = 8  # TrivialAugmentWide draws one operation per call: one call per this many images
 
 
 def normalize(images: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
@@ -46,7 +47,8 @@ def model_input(images: torch.Tensor, size: int | None, mean, std, channels_last
 
 class BatchAugment:
     """Per-sample random affine (zoom, aspect, rotation, shift, horizontal flip unless `mirror` is off), colour jitter
-    and histogram equalisation, applied to a whole uint8 batch; returns floats in [0, 1].
+    and histogram equalisation, applied to a whole uint8 batch; returns floats in [0, 1]. Optionally, for photos
+    unlike the training set's: torchvision's TrivialAugmentWide on a `trivial_p` share, greyscale, blur.
 
     Randomness comes from `generator`, so a seeded epoch sees the same augmentations every time.
     """
@@ -63,11 +65,13 @@ class BatchAugment:
         equalize_p: float = 0.1,
         grey_p: float = 0.0,
         blur_p: float = 0.0,
+        trivial_p: float = 0.0,
         mirror: bool = True,
     ):
         self.zoom, self.aspect, self.rotate, self.shift = zoom, aspect, math.radians(rotate_degrees), shift
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
         self.equalize_p, self.grey_p, self.blur_p = equalize_p, grey_p, blur_p
+        self.trivial_p, self.trivial = trivial_p, v2.TrivialAugmentWide()
         self.mirror = mirror
 
     @classmethod
@@ -81,6 +85,7 @@ class BatchAugment:
             equalize_p=data.equalize_p,
             grey_p=data.grey_p,
             blur_p=data.blur_p,
+            trivial_p=data.trivial_p,
             mirror=data.mirror,
         )
 
@@ -94,10 +99,26 @@ class BatchAugment:
         if self.equalize_p > 0:
             chosen = (uniform(0, 1) < self.equalize_p).view(-1, 1, 1, 1)
             images = torch.where(chosen, TF.equalize(images), images)
+        if self.trivial_p > 0:
+            images = self._trivial(images, generator)
         images = resize(images.float().div_(255.0), size)
         images = self._affine(images, uniform)
         images = self._colour(images, uniform).clamp_(0.0, 1.0)
         return self._grey_and_blur(images, uniform)
+
+    def _trivial(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """TrivialAugmentWide (one random operation at a random strength) on the uint8 images chosen with
+        `trivial_p`, one draw per TRIVIAL_GROUP of them, so a batch sees several operations. torchvision draws
+        from the global generator: it is seeded from `generator` inside `fork_rng`, so a seeded epoch stays
+        reproducible and the global random state is left as it was."""
+        chosen = (torch.rand(images.shape[0], generator=generator) < self.trivial_p).nonzero().flatten()
+        seed = int(torch.randint(2**31, (1,), generator=generator))
+        images = images.clone()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for group in chosen.to(images.device).split(TRIVIAL_GROUP):
+                images[group] = self.trivial(images[group])
+        return images
 
     def _grey_and_blur(self, images, uniform):
         """Photos unlike the training set's: some turned grey, some blurred (no random draw when off,
