@@ -183,6 +183,22 @@ def test_the_speed_is_measured_since_the_last_refit():
     assert "epochs 11-30 ran at 50% of the planned speed" in later.describe_refit()
 
 
+def test_each_crop_size_seen_since_the_last_refit_is_priced_by_its_own_epochs():
+    """A measurement off at one size (here 80 px, which took twice its price) is corrected at that size only;
+    a size not yet trained at takes the ratio of all the epochs (here 1: most ran at their price)."""
+    config = Config().override({"data.min_size": 64, "data.image_size": 96, "train.tensorboard_every": 0})
+    speeds = Speeds({64: 0.1, 80: 0.1, 96: 0.1}, steps_per_epoch=10, validation_s=0.0, epoch_s=0.0, figures_s=0.0)
+    epochs, every, figures_every, seconds = fit_schedule(config, speeds, 100)
+    plan = BudgetPlan(100, epochs, every, figures_every, seconds, 0.0, speeds)
+    history = _history([1.0] * 6 + [2.0] * 4)
+    for row in history[6:]:
+        row["image_size"] = 80
+    refitted = refit(plan, config, history)
+    assert refitted is not None and refitted.refits[0]["size_ratios"] == {64: 1.0, 80: 2.0}
+    assert refitted.speeds.step_s == pytest.approx({64: 0.1, 80: 0.2, 96: 0.1})
+    assert refitted.epochs < plan.epochs
+
+
 def test_resuming_a_budget_run_keeps_its_schedule(tiny_data, tmp_path):
     """A resumed run continues the epochs its budget chose; it does not measure and plan again."""
     from classifier_lib.training.engine import train

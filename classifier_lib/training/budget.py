@@ -11,9 +11,10 @@ any run. The budget counts from the measurement on; decoding images into the cac
 A few seconds of measurement cannot see a machine that gets slower or faster later (other work on it,
 changing clocks: on one machine here the same step took 94 ms in one measurement and 163 ms in
 another). So after 10, 30, 60 and 85 % of the first plan's epochs (REFIT_AT) the plan is fitted again
-to what the epochs since the last re-fit really took (the median epoch, against what the plan priced it at),
-as Ultralytics does for its `time` argument: the epoch count, validation and figure frequency change, and
-the learning-rate schedule and progressive resizing follow the new count from the step reached.
+to what the epochs since the last re-fit really took (the median epoch against what the plan priced it
+at, per crop size where those epochs ran at it), as Ultralytics does for its `time` argument: the epoch
+count, validation and figure frequency change, and the learning-rate schedule and progressive resizing
+follow the new count from the step reached.
 
 The final `train.epochs`, `validate_every` and `tensorboard_every` are saved in config.json beside the
 budget, so `--config config.json --epochs N` trains that schedule from the start (the same run exactly
@@ -68,9 +69,11 @@ class Speeds:
     epoch_s: float  # what every epoch writes: last.pt, metrics.json, the TensorBoard scalars
     figures_s: float  # one round of TensorBoard figures (0 when train.tensorboard_every is 0)
 
-    def scaled(self, factor: float) -> Speeds:
-        """Every cost `factor` times as long (the steps per epoch unchanged)."""
-        step_s = {size: seconds * factor for size, seconds in self.step_s.items()}
+    def scaled(self, factor: float, size_factors: dict[int, float] | None = None) -> Speeds:
+        """Every cost `factor` times as long, the steps at a size in `size_factors` by its own factor instead
+        (the steps per epoch unchanged)."""
+        size_factors = size_factors or {}
+        step_s = {size: seconds * size_factors.get(size, factor) for size, seconds in self.step_s.items()}
         return Speeds(step_s, self.steps_per_epoch, self.validation_s * factor, self.epoch_s * factor, self.figures_s * factor)
 
 
@@ -151,35 +154,45 @@ def plan_budget(config: Config, data: DataBundle, device: torch.device) -> Budge
 
 def refit(plan: BudgetPlan, config: Config, history: list[dict[str, float]]) -> BudgetPlan | None:
     """The plan fitted again after the epochs in `history`: its speeds scaled by how much longer (or shorter)
-    the epochs since the last re-fit took than it priced them at (`speed_ratio`), and the time the epochs
-    done spent beyond their price at the new speeds (figures, a slow first epoch) taken from the budget.
+    the epochs since the last re-fit took than it priced them at (`speed_ratios`: each crop size seen by its
+    own ratio, the others by that of all those epochs), and the time the epochs done spent beyond their price
+    at the new speeds (figures, a slow first epoch) taken from the budget.
     None when the epoch count changes by less than REFIT_TOLERANCE; never fewer than the epochs done plus one."""
     done = len(history)
-    ratio = speed_ratio(plan, history)
-    scaled = dataclasses.replace(plan, speeds=plan.speeds.scaled(ratio))
+    ratio, size_ratios = speed_ratios(plan, history)
+    scaled = dataclasses.replace(plan, speeds=plan.speeds.scaled(ratio, size_ratios))
     beyond_s = history[-1]["elapsed_s"] - plan.probe_s - sum(scaled.epoch_cost_s(row) for row in history)
     epochs, every, figures_every, seconds = fit_schedule(config, scaled.speeds, plan.budget_s - plan.probe_s - beyond_s)
     epochs = max(epochs, done + 1)
     if abs(epochs - plan.epochs) <= max(1.0, REFIT_TOLERANCE * plan.epochs):
         return None
-    record = {"after_epoch": done, "speed_ratio": ratio, "epochs_before": plan.epochs, "epochs": epochs}
+    record = {
+        "after_epoch": done,
+        "speed_ratio": ratio,
+        "size_ratios": size_ratios,
+        "epochs_before": plan.epochs,
+        "epochs": epochs,
+    }
     return dataclasses.replace(
         scaled, epochs=epochs, validate_every=every, tensorboard_every=figures_every,
         planned_s=seconds + beyond_s + plan.probe_s, refits=[*plan.refits, record],
     )  # fmt: skip
 
 
-def speed_ratio(plan: BudgetPlan, history: list[dict[str, float]]) -> float:
-    """The median, over the epochs since the plan's last re-fit, of the seconds each took over the seconds
-    the plan priced it at. A median, so that the few epochs that also drew figures or wrote a best.pt do
-    not move it; since the last re-fit, so that it follows the crop sizes and the machine as they are now."""
+def speed_ratios(plan: BudgetPlan, history: list[dict[str, float]]) -> tuple[float, dict[int, float]]:
+    """The seconds each epoch since the plan's last re-fit took over the seconds the plan priced it at: their
+    median, and their median at each crop size among them. Medians, so that the few epochs that also drew
+    figures or wrote a best.pt do not move them; since the last re-fit, so that they follow the machine as it
+    is now; per size, because a few steps measured at one size can be off by more than at another (one run
+    here measured 96 px slower than 112 px, and priced its last epochs at 112 px too cheap)."""
     start = plan.refits[-1]["after_epoch"] if plan.refits else 0
     previous_s = history[start - 1]["elapsed_s"] if start else plan.probe_s
-    ratios = []
+    by_size: dict[int, list[float]] = {}
     for row in history[start:]:
-        ratios.append((row["elapsed_s"] - previous_s) / max(plan.epoch_cost_s(row), 1e-9))
+        by_size.setdefault(int(row["image_size"]), []).append((row["elapsed_s"] - previous_s) / max(plan.epoch_cost_s(row), 1e-9))
         previous_s = row["elapsed_s"]
-    return statistics.median(ratios)
+    everything = statistics.median(ratio for ratios in by_size.values() for ratio in ratios)
+    return everything, {size: statistics.median(ratios) for size, ratios in by_size.items()}
 
 
 def training_sizes(config: Config) -> list[int]:
