@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_config, tiny_train_args
 
 from classifier_lib.config import Config
+from classifier_lib.data.augment import train_size
 from classifier_lib.presets import preset_config
 from classifier_lib.training.budget import (
     FIGURE_ROUNDS,
@@ -198,6 +199,30 @@ def test_each_crop_size_seen_since_the_last_refit_is_priced_by_its_own_epochs():
     assert refitted is not None and refitted.refits[0]["size_ratios"] == {64: 1.0, 80: 2.0}
     assert refitted.speeds.step_s == pytest.approx({64: 0.1, 80: 0.2, 96: 0.1})
     assert refitted.epochs < plan.epochs
+
+
+@pytest.mark.parametrize("ratio", [1.1, 0.8])
+def test_a_late_refit_prices_only_the_epochs_left_at_the_sizes_they_will_run_at(ratio):
+    """Under progressive resizing a new epoch count moves every epoch's crop size. A re-fit after 85 % of the
+    epochs must price the epochs still to run, at the sizes the new count gives them, against the time left;
+    one that priced all epochs at the new sizes charged the epochs done at sizes they never ran at (a 60-minute
+    run cut its plan from 311 to 259 epochs at epoch 240 and ended 21 % early)."""
+    config = preset_config("default").override({"train.tensorboard_every": 0})
+    step_s = {size: 0.01 * (size / 64) ** 2 for size in training_sizes(config)}
+    speeds = Speeds(step_s, steps_per_epoch=30, validation_s=0.0, epoch_s=0.0, figures_s=0.0)
+    epochs, every, figures_every, seconds = fit_schedule(config, speeds, 600)
+    plan = BudgetPlan(600, epochs, every, figures_every, seconds, 0.0, speeds)
+    done = round(REFIT_AT[-1] * epochs)
+    ran = plan.apply(config)
+    seconds_each = [ratio * step_s[train_size(ran, epoch)] * 30 for epoch in range(done)]  # the machine off by `ratio`
+    history = [{"image_size": train_size(ran, epoch), "elapsed_s": sum(seconds_each[: epoch + 1])} for epoch in range(done)]
+    refitted = refit(plan, config, history)
+    assert refitted is not None and (refitted.epochs < epochs) == (ratio > 1)
+    schedule = refitted.apply(config)
+    left_s = sum(ratio * step_s[train_size(schedule, epoch)] * 30 for epoch in range(done, refitted.epochs))
+    time_left = plan.budget_s - history[-1]["elapsed_s"]
+    assert left_s <= SAFETY * time_left < left_s + ratio * step_s[112] * 30  # fills what is left, within an epoch
+    assert refitted.planned_s == pytest.approx(history[-1]["elapsed_s"] + left_s)
 
 
 def test_resuming_a_budget_run_keeps_its_schedule(tiny_data, tmp_path):

@@ -159,15 +159,14 @@ def plan_budget(config: Config, data: DataBundle, device: torch.device) -> Budge
 def refit(plan: BudgetPlan, config: Config, history: list[dict[str, float]]) -> BudgetPlan | None:
     """The plan fitted again after the epochs in `history`: its speeds scaled by how much longer (or shorter)
     the epochs since the last re-fit took than it priced them at (`speed_ratios`: each crop size seen by its
-    own ratio, the others by that of all those epochs), and the time the epochs done spent beyond their price
-    at the new speeds (figures, a slow first epoch) taken from the budget.
+    own ratio, the others by that of all those epochs), and the epochs still to run fitted into the time the
+    budget has left (what the epochs done really took, figures and slow epochs included, is spent).
     None when the epoch count changes by less than REFIT_TOLERANCE; never fewer than the epochs done plus one."""
     done = len(history)
     ratio, size_ratios = speed_ratios(plan, history)
     scaled = dataclasses.replace(plan, speeds=plan.speeds.scaled(ratio, size_ratios))
-    beyond_s = history[-1]["elapsed_s"] - plan.probe_s - sum(scaled.epoch_cost_s(row) for row in history)
-    epochs, every, figures_every, seconds = fit_schedule(config, scaled.speeds, plan.budget_s - plan.probe_s - beyond_s)
-    epochs = max(epochs, done + 1)
+    spent_s = history[-1]["elapsed_s"]  # from the measurement on, as the budget counts
+    epochs, every, figures_every, seconds = fit_schedule(config, scaled.speeds, plan.budget_s - spent_s, done=done)
     if abs(epochs - plan.epochs) <= max(1.0, REFIT_TOLERANCE * plan.epochs):
         return None
     record = {
@@ -179,7 +178,7 @@ def refit(plan: BudgetPlan, config: Config, history: list[dict[str, float]]) -> 
     }
     return dataclasses.replace(
         scaled, epochs=epochs, validate_every=every, tensorboard_every=figures_every,
-        planned_s=seconds + beyond_s + plan.probe_s, refits=[*plan.refits, record],
+        planned_s=spent_s + seconds, refits=[*plan.refits, record],
     )  # fmt: skip
 
 
@@ -207,24 +206,28 @@ def training_sizes(config: Config) -> list[int]:
     return sorted({*range(data.min_size, data.image_size, SIZE_STEP), data.image_size})
 
 
-def fit_schedule(config: Config, speeds: Speeds, available_s: float) -> tuple[int, int, int, float]:
+def fit_schedule(config: Config, speeds: Speeds, available_s: float, done: int = 0) -> tuple[int, int, int, float]:
     """(epochs, validate_every, tensorboard_every, estimated seconds): the most epochs that fit in
     `available_s`, validated at most MAX_VALIDATIONS times and within about VALIDATION_SHARE of the time
     (always after the last), with TensorBoard figures about FIGURE_ROUNDS times (none if they are off).
-    At least one epoch, even when it does not fit."""
-    validations = max(1, min(MAX_VALIDATIONS, int(VALIDATION_SHARE * available_s / max(speeds.validation_s, 1e-9))))
+    With `done` epochs already run (a re-fit), only the epochs from there on are priced, each at the crop size
+    the schedule of the candidate count gives it, and the validations and figures are shared out over them.
+    At least one epoch more than `done`, even when it does not fit."""
+    validation_s = max(speeds.validation_s, 1e-9)
     figures_on = config.train.tensorboard_every > 0
 
     def cost(epochs: int) -> tuple[float, int, int]:
-        every = math.ceil(epochs / validations)
+        left = epochs - done
+        validations = max(1, min(math.ceil(MAX_VALIDATIONS * left / epochs), int(VALIDATION_SHARE * available_s / validation_s)))
+        every = math.ceil(left / validations)
         figures_every = every * math.ceil(math.ceil(epochs / every) / FIGURE_ROUNDS) if figures_on else 0
         sized = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
-        training = sum(speeds.step_s[train_size(sized, epoch)] for epoch in range(epochs)) * speeds.steps_per_epoch
-        validated = math.ceil(epochs / every)  # every `every`-th epoch and the last
-        figures = (epochs // figures_every + 1) * speeds.figures_s if figures_on else 0.0
-        return training + validated * speeds.validation_s + epochs * speeds.epoch_s + figures, every, figures_every
+        training = sum(speeds.step_s[train_size(sized, epoch)] for epoch in range(done, epochs)) * speeds.steps_per_epoch
+        validated = epochs // every - done // every + (1 if epochs % every else 0)  # every `every`-th and the last
+        figures = (epochs // figures_every - done // figures_every + 1) * speeds.figures_s if figures_on else 0.0
+        return training + validated * speeds.validation_s + left * speeds.epoch_s + figures, every, figures_every
 
-    low, high = 1, MAX_EPOCHS  # cost grows with the epoch count: bisect for the largest that fits
+    low, high = done + 1, MAX_EPOCHS  # cost grows with the epoch count: bisect for the largest that fits
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if cost(middle)[0] <= SAFETY * available_s else (low, middle - 1)
