@@ -227,7 +227,8 @@ def fit_schedule(config: Config, speeds: Speeds, available_s: float, done: int =
         figures = (epochs // figures_every - done // figures_every + 1) * speeds.figures_s if figures_on else 0.0
         return training + validated * speeds.validation_s + left * speeds.epoch_s + figures, every, figures_every
 
-    low, high = done + 1, MAX_EPOCHS  # cost grows with the epoch count: bisect for the largest that fits
+    # cost grows with the epoch count (but for a validation or figure round gained or lost to rounding): bisect
+    low, high = done + 1, MAX_EPOCHS
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if cost(middle)[0] <= SAFETY * available_s else (low, middle - 1)
