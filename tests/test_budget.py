@@ -87,7 +87,11 @@ def test_a_budget_run_ends_near_its_budget_and_saves_its_epochs(tiny_data, tmp_p
     assert set(plan["speeds"]["step_s"]) == {"32"} and plan["probe_s"] < budget / 2
     assert saved["tensorboard_every"] == plan["tensorboard_every"] > 0
     assert all(refit["epochs"] != refit["epochs_before"] for refit in plan["refits"])
-    assert plan["planned_s"] <= budget  # how close the run lands is timing: bench/time_to_accuracy.py measures it
+    # a re-fit with less time left than one more epoch costs still runs that epoch (the schedule's end) and its
+    # plan then says it overruns; any other plan fits. How close the run lands is timing: bench/time_to_accuracy.py
+    last = plan["refits"][-1] if plan["refits"] else None
+    one_more = last is not None and last["epochs"] == last["after_epoch"] + 1
+    assert plan["planned_s"] <= budget or one_more
 
 
 def test_a_budget_run_without_refits_repeats_exactly_with_its_epochs(tiny_data, tmp_path, monkeypatch):
