@@ -64,6 +64,7 @@ class DataConfig:
     grey_p: float = 0.0  # chance of turning an image grey: for photos unlike the training set's
     blur_p: float = 0.0  # chance of a Gaussian blur (sigma 0.3-1.5 px): likewise
     trivial_p: float = 0.0  # share of the images given one TrivialAugmentWide operation (torchvision's): likewise
+    erase_p: float = 0.0  # share of the images with one rectangle erased to grey (torchvision's RandomErasing): likewise
     # mirror images: random horizontal flips in training. Off where left and right are different classes (traffic
     # signs, text, arrows); flip TTA is then off too
     mirror: bool = True
@@ -106,6 +107,9 @@ class ModelConfig:
     block_dropout: float = 0.0  # Dropout2d after the blocks of the two deepest stages
     head_dropout: float = 0.0
     whiten_stem: bool = False  # a frozen first convolution that whitens image patches (set from the training images)
+    # anti-aliased downsampling: a fixed 3x3 binomial blur before each block's strided convolution and a 2x2 average
+    # pool before its 1x1 shortcut (Zhang 2019, ResNet-D), so that halving the resolution does not alias
+    antialias: bool = False
 
 
 @dataclass
@@ -193,8 +197,8 @@ class Config:
             (0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {data.val_fraction}"),
             (0 <= train.mix_p <= 1, f"train.mix_p must be in [0, 1], got {train.mix_p}"),
             (
-                all(0 <= p <= 1 for p in (data.grey_p, data.blur_p, data.trivial_p)),
-                "data.grey_p, data.blur_p and data.trivial_p must be in [0, 1]",
+                all(0 <= p <= 1 for p in (data.grey_p, data.blur_p, data.trivial_p, data.erase_p)),
+                "data.grey_p, data.blur_p, data.trivial_p and data.erase_p must be in [0, 1]",
             ),
             (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),
             (train.lr > 0, f"train.lr must be positive, got {train.lr}"),

@@ -1,7 +1,7 @@
 import torch
 
 from classifier_lib.config import DataConfig, ModelConfig
-from classifier_lib.data.augment import BatchAugment, normalize
+from classifier_lib.data.augment import ERASE_VALUE, BatchAugment, normalize
 from classifier_lib.inference.predict import predict_logits
 from classifier_lib.model.resnet import ResNet
 
@@ -99,3 +99,21 @@ def test_trivial_augment_changes_the_chosen_images_reproducibly_and_leaves_the_g
     changed = sum(not torch.allclose(out, image.float() / 255, atol=1e-5) for out, image in zip(first, images))
     assert 10 < changed < 54  # about half (TrivialAugmentWide's "identity" operation leaves some unchanged)
     assert not torch.equal(first, augment(images, torch.Generator().manual_seed(1)))
+
+
+def test_random_erasing_greys_one_rectangle_in_a_share_of_the_images_reproducibly():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    identity = dict(
+        zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, equalize_p=0.0
+    )
+    augment = BatchAugment(**identity, erase_p=0.5, mirror=False)
+    global_state = torch.random.get_rng_state()
+    first = augment(images, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    assert torch.equal(first, augment(images, torch.Generator().manual_seed(0)))
+    erased = (first == ERASE_VALUE).all(dim=1)  # pixels grey in every channel (noise is almost never exactly that)
+    shares = erased.float().mean(dim=(1, 2))
+    assert 10 < int((shares > 0).sum()) < 54  # about half the images
+    assert shares.max() <= 0.34 and shares[shares > 0].min() >= 0.02  # one rectangle of 2-33 % of the image
+    rows, cols = erased[int(shares.argmax())].nonzero().unbind(1)
+    assert int(erased[int(shares.argmax())].sum()) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)

@@ -83,3 +83,23 @@ def test_whitening_stem_needs_enough_patch_dimensions():
     model = ResNet(3, ModelConfig(widths=(64, 128), blocks=(1, 1), whiten_stem=True))
     with pytest.raises(ConfigError, match="at most 54 channels"):
         whiten_stem(model, torch.randn(2, 3, 16, 16))
+
+
+def test_antialiased_downsampling_low_passes_before_every_stride():
+    model = ResNet(3, ModelConfig(antialias=True)).eval()
+    checkerboard = (torch.arange(16).view(1, -1) + torch.arange(16).view(-1, 1)) % 2 * 2.0 - 1  # the highest frequency
+    images = checkerboard.expand(1, 32, 16, 16).contiguous(memory_format=torch.channels_last)
+    block = model.stages[1][0]
+    with torch.no_grad():
+        blurred = block.blur(images)
+        # a strided convolution alone folds the checkerboard into a constant; blurred first, nothing of it is left
+        assert images[..., ::2, ::2].abs().min() == 1 and blurred.abs().max() < 1e-6
+        assert block.blur(torch.ones(1, 32, 16, 16)).allclose(torch.ones(1, 32, 16, 16))  # flat areas pass unchanged
+        assert block.shortcut(images).shape == block.body(blurred).shape == (1, 64, 8, 8)
+        assert isinstance(block.shortcut[0], torch.nn.AvgPool2d) and block.shortcut[1].stride == (1, 1)
+    assert blurred.is_contiguous(memory_format=torch.channels_last)  # kept, or CPU convolutions slow down
+    assert model(torch.randn(2, 3, 97, 97)).shape == (2, 3)
+    # off by default, and then the same modules under the same names as before: older checkpoints still load
+    keys = ResNet(3).state_dict().keys()
+    assert "stages.1.0.shortcut.0.weight" in keys and not any("blur" in key for key in keys)
+    assert len(keys) == len(model.state_dict())  # the blur's kernel is a fixed buffer, not saved

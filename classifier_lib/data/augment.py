@@ -18,6 +18,7 @@ from classifier_lib.config import SIZE_STEP, Config, DataConfig
 
 PROGRESSIVE_END = 0.75  # progressive resizing reaches the full image size at 75 % of the epochs
 TRIVIAL_GROUP = 8  # TrivialAugmentWide draws one operation per call: one call per this many images
+ERASE_VALUE = 0.5  # RandomErasing fills its rectangle with mid-grey, about the images' mean
 
 
 def normalize(images: torch.Tensor, mean, std, channels_last: bool = False) -> torch.Tensor:
@@ -48,7 +49,8 @@ def model_input(images: torch.Tensor, size: int | None, mean, std, channels_last
 class BatchAugment:
     """Per-sample random affine (zoom, aspect, rotation, shift, horizontal flip unless `mirror` is off), colour jitter
     and histogram equalisation, applied to a whole uint8 batch; returns floats in [0, 1]. Optionally, for photos
-    unlike the training set's: torchvision's TrivialAugmentWide on a `trivial_p` share, greyscale, blur.
+    unlike the training set's: torchvision's TrivialAugmentWide on a `trivial_p` share, greyscale, blur, and
+    torchvision's RandomErasing (one grey rectangle, 2-33 % of the image) on an `erase_p` share.
 
     Randomness comes from `generator`, so a seeded epoch sees the same augmentations every time.
     """
@@ -66,12 +68,14 @@ class BatchAugment:
         grey_p: float = 0.0,
         blur_p: float = 0.0,
         trivial_p: float = 0.0,
+        erase_p: float = 0.0,
         mirror: bool = True,
     ):
         self.zoom, self.aspect, self.rotate, self.shift = zoom, aspect, math.radians(rotate_degrees), shift
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
         self.equalize_p, self.grey_p, self.blur_p = equalize_p, grey_p, blur_p
         self.trivial_p, self.trivial = trivial_p, v2.TrivialAugmentWide()
+        self.erase_p, self.erase = erase_p, v2.RandomErasing(p=1.0, value=ERASE_VALUE)
         self.mirror = mirror
 
     @classmethod
@@ -86,6 +90,7 @@ class BatchAugment:
             grey_p=data.grey_p,
             blur_p=data.blur_p,
             trivial_p=data.trivial_p,
+            erase_p=data.erase_p,
             mirror=data.mirror,
         )
 
@@ -99,25 +104,28 @@ class BatchAugment:
         if self.equalize_p > 0:
             chosen = (uniform(0, 1) < self.equalize_p).view(-1, 1, 1, 1)
             images = torch.where(chosen, TF.equalize(images), images)
-        if self.trivial_p > 0:
-            images = self._trivial(images, generator)
+        if self.trivial_p > 0:  # TrivialAugmentWide: one random operation at a random strength per group
+            images = self._on_a_share(images, self.trivial, self.trivial_p, TRIVIAL_GROUP, generator)
         images = resize(images.float().div_(255.0), size)
         images = self._affine(images, uniform)
         images = self._colour(images, uniform).clamp_(0.0, 1.0)
-        return self._grey_and_blur(images, uniform)
+        images = self._grey_and_blur(images, uniform)
+        if self.erase_p > 0:  # after the affine, so that the rectangle is not zoomed out of the crop
+            images = self._on_a_share(images, self.erase, self.erase_p, 1, generator)
+        return images
 
-    def _trivial(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """TrivialAugmentWide (one random operation at a random strength) on the uint8 images chosen with
-        `trivial_p`, one draw per TRIVIAL_GROUP of them, so a batch sees several operations. torchvision draws
-        from the global generator: it is seeded from `generator` inside `fork_rng`, so a seeded epoch stays
-        reproducible and the global random state is left as it was."""
-        chosen = (torch.rand(images.shape[0], generator=generator) < self.trivial_p).nonzero().flatten()
+    @staticmethod
+    def _on_a_share(images: torch.Tensor, transform, p: float, group_size: int, generator: torch.Generator | None):
+        """A torchvision transform on the images chosen with chance `p`, one call (one random draw) per
+        `group_size` of them. torchvision draws from the global generator: it is seeded from `generator`
+        inside `fork_rng`, so a seeded epoch stays reproducible and the global random state is left as it was."""
+        chosen = (torch.rand(images.shape[0], generator=generator) < p).nonzero().flatten()
         seed = int(torch.randint(2**31, (1,), generator=generator))
         images = images.clone()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for group in chosen.to(images.device).split(TRIVIAL_GROUP):
-                images[group] = self.trivial(images[group])
+            for group in chosen.to(images.device).split(group_size):
+                images[group] = transform(images[group])
         return images
 
     def _grey_and_blur(self, images, uniform):

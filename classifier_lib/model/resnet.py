@@ -13,13 +13,36 @@ from classifier_lib.config import ConfigError, ModelConfig
 from classifier_lib.model.modes import evaluating
 
 
-class ResidualBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a skip connection (1x1 projection when the shape changes)."""
+class Blur(nn.Module):
+    """A fixed 3x3 binomial low-pass filter on every channel (stride 1, edges reflected): run before a
+    strided convolution, the subsampled result no longer aliases (Zhang, "Making convolutional networks
+    shift-invariant again", 2019; the blur commutes with the convolution, which is linear)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dropout: float = 0.0):
+    def __init__(self, channels: int):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = torch.outer(taps, taps) / 16
+        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = cast(torch.Tensor, self.kernel).to(x.dtype)
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        if x.is_contiguous(memory_format=torch.channels_last):  # the padding drops it: CPU convolutions are then far slower
+            padded = padded.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(padded, kernel, groups=x.shape[1])
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a skip connection (1x1 projection when the shape changes). With
+    `antialias`, a stride-2 block blurs before its strided convolution and average-pools before its
+    projection (ResNet-D's shortcut) instead of skipping three pixels in four."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dropout: float = 0.0, antialias: bool = False):
         super().__init__()
         last_norm = nn.BatchNorm2d(out_channels)
         nn.init.zeros_(last_norm.weight)  # each block starts as the identity: trains faster
+        blur = antialias and stride > 1
+        self.blur: nn.Module = Blur(in_channels) if blur else nn.Identity()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
             nn.BatchNorm2d(out_channels),
@@ -29,13 +52,14 @@ class ResidualBlock(nn.Module):
         )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
+            projection: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 1, 1 if blur else stride, bias=False)]
+            projection.append(nn.BatchNorm2d(out_channels))
+            pool = [nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False)] if blur else []
+            self.shortcut = nn.Sequential(*pool, *projection)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(torch.relu(self.body(x) + self.shortcut(x)))
+        return self.dropout(torch.relu(self.body(self.blur(x)) + self.shortcut(x)))
 
 
 class ResNet(nn.Module):
@@ -61,7 +85,7 @@ class ResNet(nn.Module):
         deep_from = max(0, len(widths) - 2)  # Dropout2d in the two deepest stages
         for index, (width, depth) in enumerate(zip(widths, config.blocks)):
             dropout = config.block_dropout if index >= deep_from else 0.0
-            blocks = [ResidualBlock(in_channels, width, 1 if index == 0 else 2, dropout)]
+            blocks = [ResidualBlock(in_channels, width, 1 if index == 0 else 2, dropout, config.antialias)]
             blocks += [ResidualBlock(width, width, 1, dropout) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*blocks))
             in_channels = width
