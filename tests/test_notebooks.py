@@ -1,5 +1,7 @@
 """The committed notebooks: clean, parameterised, and runnable end to end by the pipeline."""
 
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -21,6 +23,7 @@ from classifier_lib.workflow.pipeline import PIPELINE, LineEcho, PipelineError, 
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 ROOT = Path(__file__).resolve().parents[1]
+CLASSES = 101  # the train-only pipeline's: reports must stay readable at a hundred classes
 
 
 def test_there_are_seven_numbered_notebooks():
@@ -127,21 +130,42 @@ def test_notebook_output_is_echoed_line_by_line_without_bar_redraws(capsys):
     assert capsys.readouterr().out.splitlines() == ["  epoch   1/2  train loss 0.9", "  epoch   2/2  train loss 0.8"]
 
 
-def test_fast_pipeline_on_a_generated_folder_without_valid_or_test(tmp_path, capsys):
-    """The whole pipeline on tiny generated data with Train/ alone, the most common layout: evaluation and
-    activations use the part of Train that training held out, the submission step says there is nothing
-    to submit (it failed the pipeline before), the data report decodes as training does (its preset and
-    overrides); a partial re-run really re-runs its steps."""
-    data = make_dataset(tmp_path / "data", per_class=(12, 0), valid=False, test=0)
-    assert not (data / "Test").exists()
-    photos = make_dataset(tmp_path / "elsewhere", per_class=(2, 0), valid=False, test=0) / "Train"  # eval_dirs
-    runs, reports = tmp_path / "runs", tmp_path / "reports"
-    parameters = {"epochs": 2, "image_size": 32, "overrides": {"data.eval_size": 64}, "eval_dirs": [str(photos)]}
-    run_dir = run_pipeline(data, parameters, runs_root=runs, reports_root=reports)
-    assert "epoch   2/2  train loss" in capsys.readouterr().out  # training's lines shown as it runs
+@pytest.fixture(scope="module")
+def train_only_pipeline(tmp_path_factory):
+    """The whole pipeline on the hardest layout, once: Train/ alone, 101 unbalanced classes of 3 to 14 generated
+    images, photos from elsewhere for `eval_dirs` (2 classes of 3), a 2-epoch tiny model at 32 px decoded at 64."""
+    root = tmp_path_factory.mktemp("train_only")
+    rng = np.random.default_rng(0)
+    names = [f"class_{i:03d}" for i in range(CLASSES)]
+    for index, name in enumerate(names):
+        colour = (int(rng.integers(0, 256)), int(rng.integers(0, 256)), int(rng.integers(0, 256)))
+        for i in range(3 + index % 12):
+            make_image(root / "data" / "Train" / name / f"{i}.png", colour, seed=index * 100 + i)
+            if index < 2 and i < 3:
+                make_image(root / "photos" / name / "nested" / f"{i}.png", colour, seed=10_000 + index * 100 + i)
+    parameters = {
+        "epochs": 2,
+        "image_size": 32,
+        "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1], "data.eval_size": 64},
+        "eval_dirs": [str(root / "photos")],
+    }
+    with contextlib.redirect_stdout(io.StringIO()) as echoed:
+        run_dir = run_pipeline(root / "data", parameters, runs_root=root / "runs", reports_root=root / "reports")
+    return root, run_dir, names, echoed.getvalue()
+
+
+def test_the_pipeline_runs_on_a_folder_without_valid_or_test(train_only_pipeline, capsys):
+    """Train/ alone, the most common layout: evaluation and activations use the part of Train that training held
+    out, the submission step says there is nothing to submit (it failed the pipeline before), the other folder is
+    scored beside Valid, the data report decodes as training does (its preset and overrides); a partial re-run
+    really re-runs its step."""
+    root, run_dir, _, echoed = train_only_pipeline
+    data, runs, reports, photos = root / "data", root / "runs", root / "reports", root / "photos"
+    assert not (data / "Test").exists() and not (data / "Valid").exists()
     for name in PIPELINE[:-1]:
         page = (reports / run_dir.name / f"{name}.html").read_text()
         assert "data:image/png;base64" in page and "Traceback" not in page, name
+    assert "epoch   2/2  train loss" in echoed  # training's lines shown as it runs
     submission = (reports / run_dir.name / "05_submission.html").read_text()
     assert "Nothing to submit" in submission and "Traceback" not in submission
     assert not (run_dir / "submission.csv").exists()
@@ -161,14 +185,15 @@ def test_fast_pipeline_on_a_generated_folder_without_valid_or_test(tmp_path, cap
     report = reports / run_dir.name / "03_evaluation.html"
     before = report.stat().st_mtime_ns
     (run_dir / "evaluation.json").unlink()
-    run_pipeline(data, run_dir=run_dir, steps=select_steps(start_from="03"), runs_root=runs, reports_root=reports)
+    capsys.readouterr()
+    run_pipeline(data, run_dir=run_dir, steps=select_steps(only=["03"]), runs_root=runs, reports_root=reports)
+    assert "03_evaluation:" in capsys.readouterr().out  # the step's time, printed as it ends
     assert (run_dir / "evaluation.json").exists() and report.stat().st_mtime_ns > before  # re-ran
     assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == checkpoint  # training did not
     invocations = json.loads((run_dir / "pipeline.json").read_text())["invocations"]
-    assert [inv["steps"][0] for inv in invocations] == ["01_data_stats", "03_evaluation"]
+    assert [inv["steps"] for inv in invocations] == [list(PIPELINE), ["03_evaluation"]]
 
 
-@needs_real_data
 @pytest.mark.slow
 def test_reports_open_in_a_browser_with_their_figures_and_no_errors(quick_pipeline):
     """Every report of a quick run, in chromium: figures decoded, no console error; the index sorts."""
@@ -329,22 +354,13 @@ def test_overrides_reach_the_training_notebook_and_unknown_keys_are_refused(tmp_
     assert config["train"]["ema_decay"] == 0.0 and config["model"]["widths"] == [8, 16, 32, 64]
 
 
-@pytest.mark.parametrize("classes", [20, 101])
-def test_reports_stay_readable_at_a_hundred_unbalanced_classes(tmp_path, classes):
-    """20 and 101 classes of 3 to 14 images, Train/ alone: one figure per section (no matplotlib warning
-    about too many figures), the imbalance said and balanced accuracy headlined, every class in the per-class
-    table (none cut to pandas' first and last five), the most confused pairs listed, bounded activations.
-    (3 classes: the real-data reports in test_reports_open_in_a_browser_with_their_figures_and_no_errors.)"""
-    rng = np.random.default_rng(0)
-    names = [f"class_{i:03d}" for i in range(classes)]
-    for index, name in enumerate(names):
-        colour = (int(rng.integers(0, 256)), int(rng.integers(0, 256)), int(rng.integers(0, 256)))
-        for i in range(3 + index % 12):
-            make_image(tmp_path / "data" / "Train" / name / f"{i}.png", colour, seed=index * 100 + i)
-    runs, reports = tmp_path / "runs", tmp_path / "reports"
-    parameters = {"epochs": 1, "image_size": 32, "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1]}}
-    run_dir = run_pipeline(tmp_path / "data", parameters, runs_root=runs, reports_root=reports, steps=list(PIPELINE[:4]))
-    pages = {name: (reports / run_dir.name / f"{name}.html").read_text() for name in PIPELINE[:4]}
+def test_reports_stay_readable_at_a_hundred_unbalanced_classes(train_only_pipeline):
+    """101 classes of 3 to 14 images: one figure per section (no matplotlib warning about too many figures), the
+    imbalance said and balanced accuracy headlined, every class in the per-class table (none cut to pandas' first
+    and last five), the most confused pairs listed, bounded activations. (3 classes: the real-data reports in
+    test_reports_open_in_a_browser_with_their_figures_and_no_errors.)"""
+    root, run_dir, names, _ = train_only_pipeline
+    pages = {name: (root / "reports" / run_dir.name / f"{name}.html").read_text() for name in PIPELINE[:4]}
     for name, page in pages.items():
         assert "Traceback" not in page and "More than 20 figures" not in page, name
         assert "rows ×" not in page and "rows x" not in page, name  # no truncated table
@@ -356,15 +372,14 @@ def test_reports_stay_readable_at_a_hundred_unbalanced_classes(tmp_path, classes
     assert pages["04_activations"].count("data:image/png;base64") <= 10
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluation["imbalanced"] and 0 <= evaluation["balanced_accuracy"] <= 1 and "top5_accuracy" in evaluation
-    assert len(evaluation["per_class"]) >= classes
+    assert len(evaluation["per_class"]) >= CLASSES
     with browser_page() as page:  # as a person opens them: figures decoded, the long table scrolls in its box
         for name in ("01_data_stats", "03_evaluation"):
-            page.goto((reports / run_dir.name / f"{name}.html").as_uri())
+            page.goto((root / "reports" / run_dir.name / f"{name}.html").as_uri())
             page.wait_for_load_state("load")
             widths = page.eval_on_selector_all("img", "images => images.map(img => img.naturalWidth)")
             assert widths and min(widths) > 50, (name, widths)
-        assert max(widths) >= (800 if classes > 100 else 500)  # the confusion matrix is drawn large enough to read
-        if classes > 100:  # the long per-class table scrolls in its box
-            box = page.locator("div[style*='overflow:auto']").first
-            assert box.evaluate("element => element.scrollHeight > element.clientHeight")
+        assert max(widths) >= 800  # the confusion matrix is drawn large enough to read
+        box = page.locator("div[style*='overflow:auto']").first  # the long per-class table scrolls in its box
+        assert box.evaluate("element => element.scrollHeight > element.clientHeight")
         assert page.errors == []
