@@ -15,7 +15,7 @@ import papermill
 import pytest
 import torch
 from browser import browser_page
-from conftest import REAL_DATA, make_dataset, make_image, needs_real_data
+from conftest import REAL_DATA, make_image, needs_real_data
 
 from classifier_lib.inference.predictor import Predictor
 from classifier_lib.report.widgets import ImageTester
@@ -146,7 +146,7 @@ def train_only_pipeline(tmp_path_factory):
     parameters = {
         "epochs": 2,
         "image_size": 32,
-        "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1], "data.eval_size": 64},
+        "overrides": {"model.widths": [8, 16], "model.blocks": [1, 1], "data.eval_size": 64, "train.ema_decay": 0.0},
         "eval_dirs": [str(root / "photos")],
     }
     with contextlib.redirect_stdout(io.StringIO()) as echoed:
@@ -337,21 +337,15 @@ def test_report_index_escapes_run_names(tmp_path):
     assert "0.5000" in page and "0.7500" in page
 
 
-def test_overrides_reach_the_training_notebook_and_unknown_keys_are_refused(tmp_path):
+def test_overrides_reach_the_training_notebook_and_unknown_keys_are_refused(train_only_pipeline):
     with pytest.raises(PipelineError, match=r"parameters: unknown config key 'train.ema_decy'"):
         check_parameters({"overrides": {"train.ema_decy": 0}}, [p for p in NOTEBOOKS if p.stem in PIPELINE])
     with pytest.raises(PipelineError, match="train.epochs must be at least 1"):
         check_parameters({"overrides": {"train.epochs": 0}}, [p for p in NOTEBOOKS if p.stem in PIPELINE])
-    data = make_dataset(tmp_path / "data")
-    run_dir = run_pipeline(
-        data,
-        {"epochs": 1, "image_size": 32, "overrides": {"train.ema_decay": 0.0, "model.widths": [8, 16, 32, 64]}},
-        steps=["02_training"],
-        runs_root=tmp_path / "runs",
-        reports_root=tmp_path / "reports",
-    )
+    _, run_dir, _, _ = train_only_pipeline  # run with overrides of the model, the test size and the EMA
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["train"]["ema_decay"] == 0.0 and config["model"]["widths"] == [8, 16, 32, 64]
+    assert config["model"]["widths"] == [8, 16] and config["model"]["blocks"] == [1, 1]
+    assert config["data"]["eval_size"] == 64 and config["train"]["ema_decay"] == 0.0 and config["train"]["epochs"] == 2
 
 
 def test_reports_stay_readable_at_a_hundred_unbalanced_classes(train_only_pipeline):
