@@ -25,12 +25,14 @@ DEPLOY_DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 
 @pytest.fixture(scope="module")
 def resized_run(tmp_path_factory):
-    """A tiny model whose test size (32) differs from its decode size (48): the graph must resize."""
+    """A tiny model whose test size (32) differs from its decode size (48): the graph must resize; with
+    anti-aliased downsampling, whose reflect-padded blur must export too."""
     from conftest import make_dataset
 
     root = tmp_path_factory.mktemp("export")
     data = make_dataset(root / "data")
-    return train(tiny_config(data, **{"data.image_size": 48, "data.eval_size": 32}), runs_root=root / "runs"), data
+    config = tiny_config(data, **{"data.image_size": 48, "data.eval_size": 32, "model.antialias": True})
+    return train(config, runs_root=root / "runs"), data
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
