@@ -51,7 +51,7 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     assert cli.config_from_args(bare_args).data.image_size == default.data.image_size  # no --preset: the default
     fast = preset_config("fast")
     assert fast.train.budget_s == 300 < default.train.budget_s < preset_config("best").train.budget_s  # presets are budgets
-    assert fast.model.whiten_stem
+    assert fast.model.whiten_stem and fast.model.antialias and not default.model.antialias
     assert fast.train.bias_lr_scale > Config().train.bias_lr_scale
     best = preset_config("best").data
     assert best.min_size < best.image_size and best.effective_eval_size > best.image_size > Config().data.image_size
