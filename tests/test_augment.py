@@ -5,6 +5,11 @@ from classifier_lib.data.augment import ERASE_VALUE, BatchAugment, normalize
 from classifier_lib.inference.predict import predict_logits
 from classifier_lib.model.resnet import ResNet
 
+# the random affine, colour jitter and equalisation switched off: what remains is the option under test
+NO_CHANGE = dict(
+    zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, equalize_p=0.0
+)
+
 
 def test_batch_augment_is_seeded_per_sample_and_in_range():
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
@@ -35,10 +40,9 @@ def test_mirror_off_never_flips_in_training_or_at_test_time():
     """data.mirror false (traffic signs, text: left and right are different classes): no training image is
     mirrored, and flip TTA is off whatever flip_tta says."""
     images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
-    identity = dict(zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0)
-    unmirrored = BatchAugment(**identity, equalize_p=0.0, mirror=False)(images, torch.Generator().manual_seed(0))
+    unmirrored = BatchAugment(**NO_CHANGE, mirror=False)(images, torch.Generator().manual_seed(0))
     assert torch.allclose(unmirrored, images.float() / 255, atol=1e-5)
-    mirrored = BatchAugment(**identity, equalize_p=0.0)(images, torch.Generator().manual_seed(0))
+    mirrored = BatchAugment(**NO_CHANGE)(images, torch.Generator().manual_seed(0))
     assert not torch.allclose(mirrored, images.float() / 255, atol=1e-5)
     assert DataConfig().mirror_tta and not DataConfig(mirror=False).mirror_tta and not DataConfig(flip_tta=False).mirror_tta
 
@@ -73,29 +77,30 @@ def test_tta_sizes_are_on_the_stride_grid_and_decoded_large_enough():
     assert DataConfig(image_size=64, eval_size=64).tta_size_list == [64]
 
 
+def seeded_twice(augment: BatchAugment, images: torch.Tensor) -> torch.Tensor:
+    """The batch augmented with seed 0, checked to be the same the second time and to leave the global
+    random state alone (torchvision's transforms draw from it)."""
+    global_state = torch.random.get_rng_state()
+    first = augment(images, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    assert torch.equal(first, augment(images, torch.Generator().manual_seed(0)))
+    return first
+
+
 def test_grey_and_blur_touch_only_the_chosen_images():
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
-    identity = dict(
-        zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, equalize_p=0.0
-    )
-    grey = BatchAugment(**identity, grey_p=0.5)(images, torch.Generator().manual_seed(0))
+    grey = BatchAugment(**NO_CHANGE, grey_p=0.5)(images, torch.Generator().manual_seed(0))
     is_grey = [bool((image[0] == image[1]).all() and (image[1] == image[2]).all()) for image in grey]
     assert 10 < sum(is_grey) < 54  # about half
-    always = BatchAugment(**identity, blur_p=1.0)(images, torch.Generator().manual_seed(0))
-    plain = BatchAugment(**identity)(images, torch.Generator().manual_seed(0))
+    always = BatchAugment(**NO_CHANGE, blur_p=1.0)(images, torch.Generator().manual_seed(0))
+    plain = BatchAugment(**NO_CHANGE)(images, torch.Generator().manual_seed(0))
     assert always.std() < plain.std()  # blurred noise is smoother
 
 
 def test_trivial_augment_changes_the_chosen_images_reproducibly_and_leaves_the_global_generator_alone():
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
-    identity = dict(
-        zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, equalize_p=0.0
-    )
-    augment = BatchAugment(**identity, trivial_p=0.5, mirror=False)
-    global_state = torch.random.get_rng_state()
-    first = augment(images, torch.Generator().manual_seed(0))
-    assert torch.equal(torch.random.get_rng_state(), global_state)
-    assert torch.equal(first, augment(images, torch.Generator().manual_seed(0)))
+    augment = BatchAugment(**NO_CHANGE, trivial_p=0.5, mirror=False)
+    first = seeded_twice(augment, images)
     changed = sum(not torch.allclose(out, image.float() / 255, atol=1e-5) for out, image in zip(first, images))
     assert 10 < changed < 54  # about half (TrivialAugmentWide's "identity" operation leaves some unchanged)
     assert not torch.equal(first, augment(images, torch.Generator().manual_seed(1)))
@@ -103,14 +108,7 @@ def test_trivial_augment_changes_the_chosen_images_reproducibly_and_leaves_the_g
 
 def test_random_erasing_greys_one_rectangle_in_a_share_of_the_images_reproducibly():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    identity = dict(
-        zoom=(1.0, 1.0), aspect=0.0, rotate_degrees=0.0, shift=0.0, brightness=0.0, contrast=0.0, saturation=0.0, equalize_p=0.0
-    )
-    augment = BatchAugment(**identity, erase_p=0.5, mirror=False)
-    global_state = torch.random.get_rng_state()
-    first = augment(images, torch.Generator().manual_seed(0))
-    assert torch.equal(torch.random.get_rng_state(), global_state)
-    assert torch.equal(first, augment(images, torch.Generator().manual_seed(0)))
+    first = seeded_twice(BatchAugment(**NO_CHANGE, erase_p=0.5, mirror=False), images)
     erased = (first == ERASE_VALUE).all(dim=1)  # pixels grey in every channel (noise is almost never exactly that)
     shares = erased.float().mean(dim=(1, 2))
     assert 10 < int((shares > 0).sum()) < 54  # about half the images
