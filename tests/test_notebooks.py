@@ -194,6 +194,7 @@ def test_the_pipeline_runs_on_a_folder_without_valid_or_test(train_only_pipeline
     assert [inv["steps"] for inv in invocations] == [list(PIPELINE), ["03_evaluation"]]
 
 
+@needs_real_data
 @pytest.mark.slow
 def test_reports_open_in_a_browser_with_their_figures_and_no_errors(quick_pipeline):
     """Every report of a quick run, in chromium: figures decoded, no console error; the index sorts."""
