@@ -52,10 +52,9 @@ class ResidualBlock(nn.Module):
         )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            projection: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 1, 1 if blur else stride, bias=False)]
-            projection.append(nn.BatchNorm2d(out_channels))
             pool = [nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False)] if blur else []
-            self.shortcut = nn.Sequential(*pool, *projection)
+            projection = nn.Conv2d(in_channels, out_channels, 1, 1 if blur else stride, bias=False)
+            self.shortcut = nn.Sequential(*pool, projection, nn.BatchNorm2d(out_channels))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
