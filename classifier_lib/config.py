@@ -64,6 +64,8 @@ class DataConfig:
     grey_p: float = 0.0  # chance of turning an image grey: for photos unlike the training set's
     blur_p: float = 0.0  # chance of a Gaussian blur (sigma 0.3-1.5 px): likewise
     trivial_p: float = 0.0  # share of the images given one TrivialAugmentWide operation (torchvision's): likewise
+    randaugment_p: float = 0.0  # share given torchvision's RandAugment (2 operations at magnitude 9): likewise
+    augmix_p: float = 0.0  # share given torchvision's AugMix (3 chains of 1-3 operations, mixed with the image): likewise
     erase_p: float = 0.0  # share of the images with one rectangle erased to grey (torchvision's RandomErasing): likewise
     # mirror images: random horizontal flips in training. Off where left and right are different classes (traffic
     # signs, text, arrows); flip TTA is then off too
@@ -197,8 +199,11 @@ class Config:
             (0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {data.val_fraction}"),
             (0 <= train.mix_p <= 1, f"train.mix_p must be in [0, 1], got {train.mix_p}"),
             (
-                all(0 <= p <= 1 for p in (data.grey_p, data.blur_p, data.trivial_p, data.erase_p)),
-                "data.grey_p, data.blur_p, data.trivial_p and data.erase_p must be in [0, 1]",
+                all(
+                    0 <= p <= 1
+                    for p in (data.grey_p, data.blur_p, data.trivial_p, data.randaugment_p, data.augmix_p, data.erase_p)
+                ),
+                "data.grey_p, data.blur_p, data.trivial_p, data.randaugment_p, data.augmix_p and data.erase_p must be in [0, 1]",
             ),
             (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),
             (train.lr > 0, f"train.lr must be positive, got {train.lr}"),

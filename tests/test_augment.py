@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from classifier_lib.config import DataConfig, ModelConfig
@@ -97,12 +98,13 @@ def test_grey_and_blur_touch_only_the_chosen_images():
     assert always.std() < plain.std()  # blurred noise is smoother
 
 
-def test_trivial_augment_changes_the_chosen_images_reproducibly_and_leaves_the_global_generator_alone():
+@pytest.mark.parametrize("share", ["trivial_p", "randaugment_p", "augmix_p"])
+def test_an_augmentation_policy_changes_the_chosen_images_reproducibly_and_leaves_the_global_generator_alone(share):
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
-    augment = BatchAugment(**NO_CHANGE, trivial_p=0.5, mirror=False)
+    augment = BatchAugment(**NO_CHANGE, **{share: 0.5}, mirror=False)
     first = seeded_twice(augment, images)
     changed = sum(not torch.allclose(out, image.float() / 255, atol=1e-5) for out, image in zip(first, images))
-    assert 10 < changed < 54  # about half (TrivialAugmentWide's "identity" operation leaves some unchanged)
+    assert 10 < changed < 54  # about half (an "identity" operation leaves some unchanged)
     assert not torch.equal(first, augment(images, torch.Generator().manual_seed(1)))
 
 

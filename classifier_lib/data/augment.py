@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from classifier_lib.config import SIZE_STEP, Config, DataConfig
 
 PROGRESSIVE_END = 0.75  # progressive resizing reaches the full image size at 75 % of the epochs
-TRIVIAL_GROUP = 8  # TrivialAugmentWide draws one operation per call: one call per this many images
+POLICY_GROUP = 8  # torchvision's augmentation policies draw their operations once per call: one call per this many images
 ERASE_VALUE = 0.5  # RandomErasing fills its rectangle with mid-grey, about the images' mean
 
 
@@ -49,8 +49,9 @@ def model_input(images: torch.Tensor, size: int | None, mean, std, channels_last
 class BatchAugment:
     """Per-sample random affine (zoom, aspect, rotation, shift, horizontal flip unless `mirror` is off), colour jitter
     and histogram equalisation, applied to a whole uint8 batch; returns floats in [0, 1]. Optionally, for photos
-    unlike the training set's: torchvision's TrivialAugmentWide on a `trivial_p` share, greyscale, blur, and
-    torchvision's RandomErasing (one grey rectangle, 2-33 % of the image) on an `erase_p` share.
+    unlike the training set's: torchvision's TrivialAugmentWide, RandAugment and AugMix, each on its share
+    (`trivial_p`, `randaugment_p`, `augmix_p`), greyscale, blur, and torchvision's RandomErasing (one grey
+    rectangle, 2-33 % of the image) on an `erase_p` share.
 
     Randomness comes from `generator`, so a seeded epoch sees the same augmentations every time.
     """
@@ -68,13 +69,16 @@ class BatchAugment:
         grey_p: float = 0.0,
         blur_p: float = 0.0,
         trivial_p: float = 0.0,
+        randaugment_p: float = 0.0,
+        augmix_p: float = 0.0,
         erase_p: float = 0.0,
         mirror: bool = True,
     ):
         self.zoom, self.aspect, self.rotate, self.shift = zoom, aspect, math.radians(rotate_degrees), shift
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
         self.equalize_p, self.grey_p, self.blur_p = equalize_p, grey_p, blur_p
-        self.trivial_p, self.trivial = trivial_p, v2.TrivialAugmentWide()
+        policies = ((trivial_p, v2.TrivialAugmentWide()), (randaugment_p, v2.RandAugment()), (augmix_p, v2.AugMix()))
+        self.policies = [(share, policy) for share, policy in policies if share > 0]
         self.erase_p, self.erase = erase_p, v2.RandomErasing(p=1.0, value=ERASE_VALUE)
         self.mirror = mirror
 
@@ -90,6 +94,8 @@ class BatchAugment:
             grey_p=data.grey_p,
             blur_p=data.blur_p,
             trivial_p=data.trivial_p,
+            randaugment_p=data.randaugment_p,
+            augmix_p=data.augmix_p,
             erase_p=data.erase_p,
             mirror=data.mirror,
         )
@@ -104,8 +110,8 @@ class BatchAugment:
         if self.equalize_p > 0:
             chosen = (uniform(0, 1) < self.equalize_p).view(-1, 1, 1, 1)
             images = torch.where(chosen, TF.equalize(images), images)
-        if self.trivial_p > 0:  # TrivialAugmentWide: one random operation at a random strength per group
-            images = self._on_a_share(images, self.trivial, self.trivial_p, TRIVIAL_GROUP, generator)
+        for share, policy in self.policies:  # TrivialAugmentWide, RandAugment, AugMix: operations drawn per group
+            images = self._on_a_share(images, policy, share, POLICY_GROUP, generator)
         images = resize(images.float().div_(255.0), size)
         images = self._affine(images, uniform)
         images = self._colour(images, uniform).clamp_(0.0, 1.0)
