@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from classifier_lib.config import DataConfig, ModelConfig
+from classifier_lib.config import Config, ConfigError, DataConfig, ModelConfig
 from classifier_lib.data.augment import ERASE_VALUE, BatchAugment, normalize
 from classifier_lib.inference.predict import predict_logits
 from classifier_lib.model.resnet import ResNet
@@ -117,3 +117,10 @@ def test_random_erasing_greys_one_rectangle_in_a_share_of_the_images_reproducibl
     assert shares.max() <= 0.34 and shares[shares > 0].min() >= 0.02  # one rectangle of 2-33 % of the image
     rows, cols = erased[int(shares.argmax())].nonzero().unbind(1)
     assert int(erased[int(shares.argmax())].sum()) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+
+
+@pytest.mark.parametrize("share", ["grey_p", "blur_p", "trivial_p", "randaugment_p", "augmix_p", "erase_p"])
+def test_an_augmentation_share_outside_0_to_1_is_refused(share):
+    Config().override({f"data.{share}": 1.0}).validate()
+    with pytest.raises(ConfigError, match=f"data.{share}.* must be in \\[0, 1\\]"):
+        Config().override({f"data.{share}": 1.5}).validate()
