@@ -10,7 +10,7 @@ from typing import Any
 from classifier_lib.config import Config, ConfigError, parse_duration
 
 # progressive resizing 64 -> 112 px, tested at 144 px, RandAugment on half the images, 20 minutes. As 266-282
-# epochs on a 782 GFLOP/s machine: Valid 93.1 % ± 0.0, other collections 85.0 % ± 2.0 (86.7 % balanced), against
+# epochs on a 858-942 GFLOP/s machine: Valid 93.1 % ± 0.0, other collections 85.0 % ± 2.0 (86.7 % balanced), against
 # 93.8 % ± 0.4 and 83.4 % ± 1.7 (84.2 %) without RandAugment (3 seeds each; docs/results.md)
 DEFAULT: dict[str, Any] = {
     "data.min_size": 64,
