@@ -18,6 +18,7 @@ from classifier_lib.utils.paths import default_data_dir
 
 SIZE_STEP = 16  # the network's total stride: training and test sizes are multiples of it (others do worse)
 MOMENTUM_DIP = 0.1  # the one-cycle schedule lowers momentum by this much at the learning-rate peak
+AUGMENT_SHARES = ("grey_p", "blur_p", "trivial_p", "randaugment_p", "augmix_p", "erase_p")  # DataConfig shares of images
 FIXRES_RATIO = 1.25  # test size / training size: 80 px for 64 px crops, +1.3 points (docs/results.md, 2 seeds)
 
 
@@ -198,12 +199,9 @@ class Config:
             (data.tta_sizes in (1, 3), f"data.tta_sizes must be 1 or 3, got {data.tta_sizes}"),
             (0 < data.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {data.val_fraction}"),
             (0 <= train.mix_p <= 1, f"train.mix_p must be in [0, 1], got {train.mix_p}"),
-            (
-                all(
-                    0 <= p <= 1
-                    for p in (data.grey_p, data.blur_p, data.trivial_p, data.randaugment_p, data.augmix_p, data.erase_p)
-                ),
-                "data.grey_p, data.blur_p, data.trivial_p, data.randaugment_p, data.augmix_p and data.erase_p must be in [0, 1]",
+            *(
+                (0 <= getattr(data, share) <= 1, f"data.{share} must be in [0, 1], got {getattr(data, share)}")
+                for share in AUGMENT_SHARES
             ),
             (0 <= train.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {train.ema_decay}"),
             (train.lr > 0, f"train.lr must be positive, got {train.lr}"),
