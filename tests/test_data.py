@@ -151,6 +151,21 @@ def test_cached_paths_are_absolute_whatever_the_working_directory(tiny_data, tmp
     assert all(Path(p).is_absolute() and Path(p).exists() for p in again.train.paths)
 
 
+def test_a_cache_index_that_names_the_files_otherwise_is_decoded_again(tiny_data, tmp_path, monkeypatch):
+    """An entry written for a folder reached by a relative path (as `evaluate --folder` once did) has the key
+    of the same files reached by their absolute path, but its index names them relatively: it is decoded
+    again instead of failing on a path it cannot find."""
+    monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tiny_data)
+    names = ["cat", "dog", "panda"]
+    relative = load_split(Path("Valid"), names, 16)
+    assert not Path(relative.data.paths[0]).is_absolute()
+    absolute = load_split(tiny_data / "Valid", names, 16)
+    assert all(Path(p).is_absolute() for p in absolute.data.paths)
+    assert absolute.data.labels.tolist() == relative.data.labels.tolist()
+    assert torch.equal(absolute.data.images[:], relative.data.images[:])
+
+
 def test_a_failed_cache_save_leaves_no_temporary_file(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("CLASSIFIER_CACHE_DIR", str(tmp_path / "cache"))
 

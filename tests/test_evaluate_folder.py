@@ -39,6 +39,19 @@ def test_a_folder_is_scored_by_class_name_at_any_depth(trained_run, tmp_path):
     assert len(images) == len(heatmaps) == len(titles) == min(3, len(evaluation.misclassified()))
 
 
+def test_a_folder_scores_the_same_by_a_relative_or_an_absolute_path(trained_run, tmp_path, monkeypatch):
+    """Both reach one cache entry (keyed by the files): its paths are absolute, so neither way of naming the
+    folder finds an index it cannot read (a relative path once cached relative paths, and the absolute path
+    then failed with a KeyError deep inside the cache)."""
+    result, _ = trained_run
+    folder = photos_from_elsewhere(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    relative = evaluate_folder(result.last_checkpoint, "photos")
+    absolute = evaluate_folder(result.last_checkpoint, folder)
+    assert relative.data.paths == absolute.data.paths and all(Path(p).is_absolute() for p in absolute.data.paths)
+    assert relative.labels.tolist() == absolute.labels.tolist() and relative.accuracy == absolute.accuracy
+
+
 def test_unknown_classes_and_folders_without_classes_are_refused(trained_run, tmp_path):
     result, data_dir = trained_run
     zebras = photos_from_elsewhere(tmp_path / "zoo")

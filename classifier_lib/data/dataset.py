@@ -162,9 +162,11 @@ def load_split(split_dir: Path, class_names: list[str], size: int, workers: int 
     paths, labels, skipped = list_labelled(split_dir, class_names, every_class)
     entry = entry_stem(paths, size)
     cached = open_entry(entry)
-    if cached is not None:  # labels come from today's class list, never from the cache (classes may have been added)
+    label_of = dict(zip(map(str, paths), labels))
+    # labels come from today's class list, never from the cache (classes may have been added); an index that names
+    # the files otherwise (written for the same files reached by a relative path) is decoded again, not trusted
+    if cached is not None and all(path in label_of for path in cached[1]):
         images, cached_paths, cached_skipped = cached
-        label_of = dict(zip(map(str, paths), labels))
         return LabelledSplit(
             CachedImages(images, torch.tensor([label_of[p] for p in cached_paths], dtype=torch.long), cached_paths),
             cached_skipped,

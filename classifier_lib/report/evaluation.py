@@ -141,13 +141,13 @@ def evaluate_folder(checkpoint: str | Path, folder: str | Path, device: str = "a
     images that are neither Train nor Valid, such as photos from another collection. A folder may hold
     fewer classes than the model knows; a class folder the model does not know is refused in one line."""
     predictor = Predictor(checkpoint, device)
-    folder = Path(folder).expanduser()
+    folder = Path(folder).expanduser().resolve()  # absolute, as every split's: cache entries never depend on the cwd
     if not folder.is_dir():
         raise DataLayoutError(f"--folder {folder} is not a folder")
     if not any((folder / name).is_dir() for name in predictor.class_names):
         raise DataLayoutError(f"{folder} has no folder named after a class the model knows {predictor.class_names}")
     labelled = load_split(folder, predictor.class_names, predictor.loaded.decode_size, every_class=False)
-    trained_on = [path for path in _training_folders(predictor.loaded.config.data) if _overlap(path, folder.resolve())]
+    trained_on = [path for path in _training_folders(predictor.loaded.config.data) if _overlap(path, folder)]
     caveat = f"this folder overlaps the run's training images in {trained_on[0]}: not a score" if trained_on else ""
     return Evaluation(
         predictor.class_names,
