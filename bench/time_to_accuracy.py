@@ -11,7 +11,8 @@ resident memory; then mean ± std over the seeds. The machine's matmul peak (in 
 same run: machines here differ up to 2x in speed, so a time only means something beside it.
 
 With a time budget (the presets are budgets; `--budget` sets another, `-s train.epochs N` turns it off)
-it prints the epochs the budget chose and the time used against it.
+it prints the epochs the budget chose and the time used against it, and, where the budget was too short
+for the default recipe and trained `fast`'s instead, the epochs the default recipe would have had.
 
 `--folder DIR` (repeatable) also scores each seed's last.pt on a labelled folder that is neither Train
 nor Valid (`evaluate --folder`): accuracy and balanced accuracy, e.g. photos from other collections
@@ -47,6 +48,7 @@ from classifier_lib.presets import run_config  # noqa: E402
 from classifier_lib.report.evaluation import evaluate_folder  # noqa: E402
 from classifier_lib.training.engine import train  # noqa: E402
 from classifier_lib.utils.device import autocast_dtype  # noqa: E402
+from classifier_lib.utils.fileio import read_json  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "animals"
 TARGETS = (0.85, 0.90, 0.95)
@@ -145,6 +147,7 @@ def main() -> None:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "budget_s": config.train.budget_s,
             "epochs": result.history[-1]["epoch"],
+            "default_recipe_epochs": read_json(result.run_dir / "budget.json").get("default_recipe_epochs", 0),
             "folders": folder_scores(result.last_checkpoint, args.folder),
         }
         for target in TARGETS:
@@ -161,6 +164,8 @@ def main() -> None:
         sizes += "".join(f"  {name} {value:.2%}" for name, value in row["folders"].items())
         if row["budget_s"]:
             sizes += f"  budget {row['budget_s']:.0f} s: {row['epochs']} epochs, used {row['train_s'] / row['budget_s']:.1%}"
+        if row["default_recipe_epochs"]:
+            sizes += f" (fast's recipe: the default's fitted {row['default_recipe_epochs']} epochs)"
         print(
             f"seed {seed}: final {row['final_valid_acc']:.2%} (best {row['best_valid_acc']:.2%})  {reached}  "
             f"train {row['train_s']:.0f} s  wall {wall_s:.0f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  {sizes}",

@@ -263,6 +263,15 @@ class Config:
         return Config.from_dict(raw)
 
 
+def flat_config(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`{"train": {"lr": 0.4}}` -> `{"train.lr": 0.4}`; lists (from JSON) become tuples, as in the config."""
+    return {
+        f"{section}.{name}": tuple(value) if isinstance(value, list) else value
+        for section, values in config.items()
+        for name, value in values.items()
+    }
+
+
 def _section_from_dict(default_section: Any, values: dict[str, Any]) -> Any:
     known = {f.name: f for f in dataclasses.fields(default_section)}
     unknown = set(values) - set(known)

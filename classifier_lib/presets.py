@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from classifier_lib.config import Config, ConfigError, parse_duration
+from classifier_lib.config import Config, ConfigError, flat_config, parse_duration
 
 # progressive resizing 64 -> 112 px, tested at 144 px, RandAugment on half the images, 20 minutes. As 266-282
 # epochs on a 858-942 GFLOP/s machine: Valid 93.1 % ± 0.0, other collections 85.0 % ± 2.0 (86.7 % balanced), against
@@ -35,11 +35,34 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# A time budget that fits fewer epochs than this of the default recipe trains `fast`'s recipe instead: the default's
+# progressive resizing (64 -> 112 px) needs room. 20 minutes on an AVX2 machine without bf16 (fp32, 117-147 GFLOP/s)
+# fitted 51 / 56 epochs of the default (Valid 80.4 %, other collections 63.6 %) and 110 / 107 of `fast`'s recipe
+# (89.2 %, 78.0 %; seeds 0 1); at a fixed 100 epochs the default scored 91.8 %, above `fast`'s 88.4 % in 98-120 epochs
+# (docs/results.md). The threshold lies between the two; the epochs between them were not measured
+SHORT_BUDGET_EPOCHS = 90
+BUDGET_SET = {"train.budget_s", "train.epochs", "train.validate_every", "train.tensorboard_every"}  # a budget sets these
+
+
 def preset_config(name: str = "default") -> Config:
     """The config's own values with a preset's overrides applied."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return Config().override(PRESETS[name])
+
+
+def short_budget_recipe(config: Config) -> Config | None:
+    """`config` with `fast`'s recipe in place of the default's, for a budget too short for the default's progressive
+    resizing (SHORT_BUDGET_EPOCHS): every setting in which the two presets differ (the 64 px crops and their test
+    size, the whitening stem, the BatchNorm learning rate, anti-aliasing, no RandAugment) takes `fast`'s value; the
+    rest (data, seed, budget, other settings) stays. None when `config` does not train the default recipe, i.e. one
+    of those settings was set otherwise: a recipe of one's own is never replaced."""
+    default, fast = (flat_config(preset_config(name).resolved().to_dict()) for name in ("default", "fast"))
+    recipe = {key: value for key, value in fast.items() if value != default[key] and key not in BUDGET_SET}
+    current = flat_config(config.resolved().to_dict())
+    if any(current[key] != default[key] for key in recipe):
+        return None
+    return config.override(recipe)
 
 
 # notebook parameters (and run_pipeline.py -p names) that set one config field each

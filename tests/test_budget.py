@@ -3,6 +3,7 @@ with the epochs it chose."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -14,7 +15,7 @@ from conftest import tiny_config, tiny_train_args
 
 from classifier_lib.config import Config
 from classifier_lib.data.augment import train_size
-from classifier_lib.presets import preset_config
+from classifier_lib.presets import preset_config, run_config
 from classifier_lib.training.budget import (
     FIGURE_ROUNDS,
     MAX_VALIDATIONS,
@@ -227,6 +228,29 @@ def test_a_late_refit_prices_only_the_epochs_left_at_the_sizes_they_will_run_at(
     time_left = plan.budget_s - history[-1]["elapsed_s"]
     assert left_s <= SAFETY * time_left < left_s + ratio * step_s[112] * 30  # fills what is left, within an epoch
     assert refitted.planned_s == pytest.approx(history[-1]["elapsed_s"] + left_s)
+
+
+def test_a_budget_too_short_for_the_default_recipe_trains_fasts(tiny_data, tmp_path, monkeypatch):
+    """Where the budget fits fewer than SHORT_BUDGET_EPOCHS of the default recipe (here: every budget), training
+    measures again and trains `fast`'s recipe for the same budget, from images decoded at its sizes: config.json
+    says so, and budget.json keeps the epochs the default recipe would have had."""
+    from classifier_lib.training import engine
+
+    monkeypatch.setattr(engine, "SHORT_BUDGET_EPOCHS", 10**6)
+    tiny = {"model.widths": (8, 16), "model.blocks": (1, 1), "data.batch_size": 8, "data.workers": 1, "system.threads": 1}
+    config = run_config("default", overrides=tiny | {"train.budget_s": "8s"}, data_dir=str(tiny_data))
+    result = engine.train(config, runs_root=tmp_path / "runs")
+    saved = Config.load(result.run_dir / "config.json")
+    fast = preset_config("fast").resolved()
+    assert (saved.data.min_size, saved.data.image_size, saved.data.eval_size) == (0, 64, fast.data.eval_size)
+    assert saved.model == dataclasses.replace(fast.model, widths=(8, 16), blocks=(1, 1))
+    assert saved.train.bias_lr_scale == fast.train.bias_lr_scale and saved.data.randaugment_p == 0.0
+    assert saved.train.budget_s == 8.0 and saved.train.epochs == len(result.history)
+    plan = json.loads((result.run_dir / "budget.json").read_text())
+    assert plan["default_recipe_epochs"] >= 1 and set(plan["speeds"]["step_s"]) == {"64"}
+    assert {row["image_size"] for row in result.history} == {64}
+    checkpoint = torch.load(result.last_checkpoint, weights_only=False)
+    assert checkpoint["config"]["data"]["eval_size"] == fast.data.eval_size  # what evaluation and prediction use
 
 
 def test_resuming_a_budget_run_keeps_its_schedule(tiny_data, tmp_path):

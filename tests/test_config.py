@@ -62,6 +62,29 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
     assert config.train.budget_s == PRESETS["fast"]["train.budget_s"] and config.train.lr == 0.1  # flags win
 
 
+def test_a_short_budget_swaps_the_default_recipe_for_fasts_and_keeps_everything_else():
+    """`short_budget_recipe`: the settings in which `fast` differs from `default` take `fast`'s values (its test size
+    too); the data, the seed, the budget and the settings outside the recipe stay. A recipe of one's own (any of
+    those settings changed), `fast`'s or `plain`'s is never replaced."""
+    from classifier_lib.presets import preset_config, run_config, short_budget_recipe
+
+    mine = {"system.seed": 3, "train.class_balance": "sampler", "model.widths": (16, 32), "model.blocks": (1, 1)}
+    for preset in ("default", "best"):
+        config = run_config(preset, overrides=mine, data_dir="somewhere")
+        short = short_budget_recipe(config)
+        assert short is not None
+        fast = preset_config("fast").resolved()
+        assert (short.data.min_size, short.data.image_size, short.data.effective_eval_size) == (0, 64, 80)
+        assert short.model.whiten_stem and short.model.antialias and short.train.bias_lr_scale == fast.train.bias_lr_scale
+        assert short.data.randaugment_p == fast.data.randaugment_p == 0.0
+        assert short.train.budget_s == config.train.budget_s and short.data.data_dir == "somewhere"
+        assert (short.system.seed, short.train.class_balance, short.model.widths) == (3, "sampler", (16, 32))
+    own = [{"data.image_size": 128}, {"data.randaugment_p": 0.25}, {"model.antialias": True}, {"data.eval_size": 128}]
+    for changed in own:
+        assert short_budget_recipe(run_config("default", overrides=changed)) is None, changed
+    assert short_budget_recipe(run_config("fast")) is None and short_budget_recipe(run_config("plain")) is None
+
+
 @pytest.mark.parametrize(
     "text, seconds", [("90s", 90), ("20m", 1200), ("1h", 3600), ("1.5h", 5400), ("45", 45), (" 2 min ", 120)]
 )

@@ -10,8 +10,9 @@ import pytest
 from conftest import make_dataset
 
 import classifier_lib.workflow.sweep as sweep_module
+from classifier_lib.config import flat_config
 from classifier_lib.presets import preset_config
-from classifier_lib.report.runs_table import comparison_table, differences_from_default, differing_keys, flat_config, load_run
+from classifier_lib.report.runs_table import comparison_table, differences_from_default, differing_keys, load_run
 from classifier_lib.workflow.pipeline import PipelineError
 from classifier_lib.workflow.sweep import combinations, default_name, notebook_parameters, parse_axes, run_sweep
 

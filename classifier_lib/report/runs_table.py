@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from classifier_lib.config import Config
+from classifier_lib.config import Config, flat_config
 from classifier_lib.presets import preset_config
 from classifier_lib.report.tables import escaped
 from classifier_lib.utils.fileio import read_json
@@ -52,15 +52,6 @@ def load_run(run_dir: str | Path) -> RunRecord:
         read_json(run_dir / "metrics.json"),
         read_json(run_dir / "pipeline.json"),
     )
-
-
-def flat_config(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """`{"train": {"lr": 0.4}}` -> `{"train.lr": 0.4}`; lists (from JSON) become tuples, as in the config."""
-    return {
-        f"{section}.{name}": tuple(value) if isinstance(value, list) else value
-        for section, values in config.items()
-        for name, value in values.items()
-    }
 
 
 def differing_keys(configs: list[dict[str, Any]]) -> list[str]:

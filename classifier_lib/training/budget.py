@@ -86,9 +86,11 @@ class BudgetPlan:
     validate_every: int
     tensorboard_every: int
     planned_s: float  # the estimate of the whole run, the measurement included
-    probe_s: float  # the measurement itself
+    probe_s: float  # the measurement: from the budget's start to the first epoch
     speeds: Speeds
     refits: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # each re-fit: after which epoch, to what
+    # the epochs the default recipe would have had, when the budget was too short for it and trains `fast`'s instead
+    default_recipe_epochs: int = 0
 
     def refit_epochs(self) -> set[int]:
         """The epochs after which the plan is fitted again (see REFIT_AT): shares of the first plan's epochs,
@@ -139,10 +141,11 @@ class BudgetPlan:
         return plan
 
 
-def plan_budget(config: Config, data: DataBundle, device: torch.device) -> BudgetPlan:
-    """Measure this run's speed and fit its schedule into `config.train.budget_s` (see the module doc).
-    Under torchrun every rank takes the steps (they synchronise) and rank 0's plan is used by all."""
-    start = time.perf_counter()
+def plan_budget(config: Config, data: DataBundle, device: torch.device, started: float | None = None) -> BudgetPlan:
+    """Measure this run's speed and fit its schedule into `config.train.budget_s` (see the module doc), counting
+    from `started` (a `time.perf_counter()` reading; now by default). Under torchrun every rank takes the steps
+    (they synchronise) and rank 0's plan is used by all."""
+    start = time.perf_counter() if started is None else started
     probe = Trainer(config, data, device)  # a throwaway trainer: its own steps are what is timed
     step_s = {size: _time_steps(probe, size) for size in training_sizes(config)}
     plan = None

@@ -1,18 +1,19 @@
 """The training loop: `train(config)` is the whole job.
 
 It loads the data, builds a `Trainer`, trains for `config.train.epochs` epochs (with `train.budget_s`, as
-many as fit in that time on this machine: `budget`) in a new
-`runs/version_N` folder (or continues the run a resume checkpoint belongs to), and after every
-epoch writes last.pt (and best.pt when validation accuracy improved), TensorBoard scalars,
-`metrics.json` and one log line; Ctrl-C keeps the last finished epoch and prints how to resume.
-Under torchrun every process trains its share of each epoch's batches and rank 0 alone validates
-and writes (see `distributed`).
+many as fit in that time on this machine: `budget`; where that is too few for the default recipe, `fast`'s
+recipe instead: `presets.short_budget_recipe`) in a new `runs/version_N` folder (or continues the run a
+resume checkpoint belongs to), and after every epoch writes last.pt (and best.pt when validation accuracy
+improved), TensorBoard scalars, `metrics.json` and one log line; Ctrl-C keeps the last finished epoch and
+prints how to resume. Under torchrun every process trains its share of each epoch's batches and rank 0 alone
+validates and writes (see `distributed`).
 With `train.patience` it stops early when the monitored validation figure has not improved for that
 many epochs; `metrics.json` records why training stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 import sys
@@ -27,6 +28,7 @@ from classifier_lib.config import Config
 from classifier_lib.data.dataset import DataBundle, load_data
 from classifier_lib.inference.checkpoint import read_checkpoint, save_checkpoint
 from classifier_lib.model.resnet import count_parameters
+from classifier_lib.presets import SHORT_BUDGET_EPOCHS, short_budget_recipe
 from classifier_lib.training.budget import BudgetPlan, plan_budget, refit
 from classifier_lib.training.tb_figures import log_figures
 from classifier_lib.training.trainer import Trainer, setup_system
@@ -81,10 +83,11 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
         run_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(distributed.broadcast(str(run_dir) if main else None))
     started = time.perf_counter()  # a budget counts from its measurement on
+    plan = None
     if config.train.budget_s and resume_state is None:
         _log(f"time budget {config.train.budget_s:.0f} s: measuring this machine's speed on this data first")
-    plan = plan_budget(config, data, device) if config.train.budget_s and resume_state is None else None
-    if plan is not None:
+        plan = plan_budget(config, data, device)
+        config, data, plan = _recipe_for_budget(config, data, device, plan, started)
         config = plan.apply(config)
         _log(plan.describe())
     trainer = Trainer(config, data, device)
@@ -148,6 +151,24 @@ def _train(config: Config, device, data: DataBundle | None, run_dir, runs_root) 
     if main:
         _write_metrics(trainer, run_dir, result)
     return result
+
+
+def _recipe_for_budget(config: Config, data: DataBundle, device, plan: BudgetPlan, started: float):
+    """(config, data, plan): as given, or `fast`'s recipe in their place when the budget fits fewer than
+    SHORT_BUDGET_EPOCHS epochs of the default recipe (`presets.short_budget_recipe`), with the images decoded
+    again at the sizes it needs and its speed measured; the budget still counts from `started`."""
+    short = short_budget_recipe(config) if plan.epochs < SHORT_BUDGET_EPOCHS else None
+    if short is None:
+        return config, data, plan
+    _log(
+        f"budget: {plan.epochs} epochs of the default recipe fit, too few for its progressive resizing (it needs "
+        f"{SHORT_BUDGET_EPOCHS}): training the `fast` recipe instead ({short.data.image_size} px crops)"
+    )
+    if short.data.decode_size != data.train.images.shape[-1]:
+        with distributed.main_first():
+            data = load_data(short.data, short.system.seed)
+    short_plan = plan_budget(short, data, device, started)
+    return short, data, dataclasses.replace(short_plan, default_recipe_epochs=plan.epochs)
 
 
 def _follow_budget(trainer: Trainer, plan: BudgetPlan, run_dir: Path) -> BudgetPlan:
