@@ -37,8 +37,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # A time budget that fits fewer epochs than this of the default recipe trains `fast`'s recipe instead: the default's
 # progressive resizing (64 -> 112 px) needs room. 20 minutes on an AVX2 machine without bf16 (fp32, 117-147 GFLOP/s)
-# fitted 51 / 56 epochs of the default (Valid 80.4 %, other collections 63.6 %) and 110 / 107 of `fast`'s recipe
-# (89.2 %, 78.0 %; seeds 0 1); at a fixed 100 epochs the default scored 91.8 %, above `fast`'s 88.4 % in 98-120 epochs
+# fitted 48-56 epochs of the default (Valid 80.2 %, other collections 63.5 %) and 106-110 of `fast`'s recipe
+# (89.8 %, 78.0 %; 3 seeds); at a fixed 100 epochs the default scored 91.8 %, above `fast`'s 88.4 % in 98-120 epochs
 # (docs/results.md). The threshold lies between the two; the epochs between them were not measured
 SHORT_BUDGET_EPOCHS = 90
 BUDGET_SET = {"train.budget_s", "train.epochs", "train.validate_every", "train.tensorboard_every"}  # a budget sets these
