@@ -232,8 +232,8 @@ def test_a_late_refit_prices_only_the_epochs_left_at_the_sizes_they_will_run_at(
 
 def test_a_budget_too_short_for_the_default_recipe_trains_fasts(tiny_data, tmp_path, monkeypatch):
     """Where the budget fits fewer than SHORT_BUDGET_EPOCHS of the default recipe (here: every budget), training
-    measures again and trains `fast`'s recipe for the same budget, from images decoded at its sizes: config.json
-    says so, and budget.json keeps the epochs the default recipe would have had."""
+    measures again and trains `fast`'s recipe, with the default's RandAugment, for the same budget, from images
+    decoded at its sizes: config.json says so, and budget.json keeps the epochs the default recipe would have had."""
     from classifier_lib.training import engine
 
     monkeypatch.setattr(engine, "SHORT_BUDGET_EPOCHS", 10**6)
@@ -244,7 +244,7 @@ def test_a_budget_too_short_for_the_default_recipe_trains_fasts(tiny_data, tmp_p
     fast = preset_config("fast").resolved()
     assert (saved.data.min_size, saved.data.image_size, saved.data.eval_size) == (0, 64, fast.data.eval_size)
     assert saved.model == dataclasses.replace(fast.model, widths=(8, 16), blocks=(1, 1))
-    assert saved.train.bias_lr_scale == fast.train.bias_lr_scale and saved.data.randaugment_p == 0.0
+    assert saved.train.bias_lr_scale == fast.train.bias_lr_scale and saved.data.randaugment_p == config.data.randaugment_p > 0
     assert saved.train.budget_s == 8.0 and saved.train.epochs == len(result.history)
     plan = json.loads((result.run_dir / "budget.json").read_text())
     assert plan["default_recipe_epochs"] >= 1 and set(plan["speeds"]["step_s"]) == {"64"}

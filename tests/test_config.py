@@ -64,8 +64,9 @@ def test_presets_are_overrides_of_the_default_and_reach_the_command_line(tiny_da
 
 def test_a_short_budget_swaps_the_default_recipe_for_fasts_and_keeps_everything_else():
     """`short_budget_recipe`: the settings in which `fast` differs from `default` take `fast`'s values (its test size
-    too); the data, the seed, the budget and the settings outside the recipe stay. A recipe of one's own (any of
-    those settings changed), `fast`'s or `plain`'s is never replaced."""
+    too); the augmentation (the default's RandAugment, or a share set otherwise), the data, the seed, the budget and
+    the settings outside the recipe stay. A recipe of one's own (any swapped setting changed), `fast`'s or `plain`'s
+    is never replaced."""
     from classifier_lib.presets import preset_config, run_config, short_budget_recipe
 
     mine = {"system.seed": 3, "train.class_balance": "sampler", "model.widths": (16, 32), "model.blocks": (1, 1)}
@@ -76,10 +77,12 @@ def test_a_short_budget_swaps_the_default_recipe_for_fasts_and_keeps_everything_
         fast = preset_config("fast").resolved()
         assert (short.data.min_size, short.data.image_size, short.data.effective_eval_size) == (0, 64, 80)
         assert short.model.whiten_stem and short.model.antialias and short.train.bias_lr_scale == fast.train.bias_lr_scale
-        assert short.data.randaugment_p == fast.data.randaugment_p == 0.0
+        assert short.data.randaugment_p == config.data.randaugment_p == 0.5 != fast.data.randaugment_p
         assert short.train.budget_s == config.train.budget_s and short.data.data_dir == "somewhere"
         assert (short.system.seed, short.train.class_balance, short.model.widths) == (3, "sampler", (16, 32))
-    own = [{"data.image_size": 128}, {"data.randaugment_p": 0.25}, {"model.antialias": True}, {"data.eval_size": 128}]
+    mine_augmented = short_budget_recipe(run_config("default", overrides={"data.randaugment_p": 0.25, "data.grey_p": 0.1}))
+    assert mine_augmented is not None and (mine_augmented.data.randaugment_p, mine_augmented.data.grey_p) == (0.25, 0.1)
+    own = [{"data.image_size": 128}, {"model.antialias": True}, {"data.eval_size": 128}, {"train.bias_lr_scale": 2.0}]
     for changed in own:
         assert short_budget_recipe(run_config("default", overrides=changed)) is None, changed
     assert short_budget_recipe(run_config("fast")) is None and short_budget_recipe(run_config("plain")) is None

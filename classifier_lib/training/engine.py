@@ -162,8 +162,8 @@ def _recipe_for_budget(config: Config, data: DataBundle, device, plan: BudgetPla
         return config, data, plan
     _log(
         f"budget: {plan.epochs} epochs of the default recipe fit, too few for its progressive resizing (it needs "
-        f"{SHORT_BUDGET_EPOCHS}): training the `fast` recipe instead ({short.data.image_size} px crops; an epoch count "
-        "instead of the budget keeps the default recipe)"
+        f"{SHORT_BUDGET_EPOCHS}): training the `fast` recipe instead ({short.data.image_size} px crops, the default's "
+        "augmentation; an epoch count instead of the budget keeps the default recipe)"
     )
     if short.data.decode_size != data.train.images.shape[-1]:
         with distributed.main_first():
