@@ -42,6 +42,7 @@ from machine import training_peak  # bench/machine.py, beside this script
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifier_lib.config import Config  # noqa: E402
 from classifier_lib.data.dataset import load_data  # noqa: E402
+from classifier_lib.data.folders import DataLayoutError  # noqa: E402
 from classifier_lib.inference.checkpoint import load_model  # noqa: E402
 from classifier_lib.inference.predict import predict_logits, recalibrate_bn  # noqa: E402
 from classifier_lib.presets import run_config  # noqa: E402
@@ -80,7 +81,11 @@ def folder_scores(checkpoint: Path, folders: list[str]) -> dict[str, float]:
     """last.pt's accuracy and balanced accuracy on each labelled folder."""
     scores = {}
     for folder in folders:
-        evaluation = evaluate_folder(checkpoint, folder)
+        try:
+            evaluation = evaluate_folder(checkpoint, folder)
+        except DataLayoutError as error:  # e.g. the folder went away during the hours of training: keep the run
+            print(f"not scored: {error} (later: --score {checkpoint.parents[1]} --folder {folder})", flush=True)
+            continue
         name = Path(folder).name
         scores[f"{name} acc"], scores[f"{name} balanced"] = evaluation.accuracy, evaluation.balanced_accuracy
     return scores
@@ -98,8 +103,8 @@ def score_runs(run_dirs: list[str], sizes: list[int], folders: list[str]) -> Non
             row |= accuracy_at_sizes(run / "checkpoints" / "last.pt", data, sizes)
         rows.append(row)
         print(run, "  ".join(f"{key} {value:.2%}" for key, value in row.items()), flush=True)
-    for key in rows[0]:
-        print(f"last.pt @ {key:12s} {mean_std([row[key] for row in rows])}")
+    for key in dict.fromkeys(key for row in rows for key in row):
+        print(f"last.pt @ {key:12s} {mean_std([row[key] for row in rows if key in row])}")
 
 
 def mean_std(values: list[float], unit: str = "%") -> str:
@@ -123,6 +128,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the per-seed figures to this file")
     parser.add_argument("--score", nargs="+", metavar="RUN_DIR", help="no training: score these runs' last.pt at --eval-sizes")
     args = parser.parse_args()
+    missing = [folder for folder in args.folder if not Path(folder).expanduser().is_dir()]
+    if missing:  # now, not after the hours of training that would precede scoring it
+        parser.error(f"--folder {', '.join(missing)}: not a folder")
     if args.score:
         score_runs(args.score, args.eval_sizes, args.folder)
         return
@@ -171,11 +179,13 @@ def main() -> None:
             f"train {row['train_s']:.0f} s  wall {wall_s:.0f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  {sizes}",
             flush=True,
         )
+        if args.json:  # after every seed: a later seed's failure loses none of the hours before it
+            Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "rows": rows}, indent=2))
     print(f"\n{len(rows)} seeds, {precision} matmul peak {peak / 1e9:.0f} GFLOP/s, overrides {dict(args.set)}")
     print(f"final valid accuracy   {mean_std([r['final_valid_acc'] for r in rows])}")
     print(f"training time          {mean_std([r['train_s'] for r in rows], 's')}")
-    for name in rows[0]["folders"]:
-        print(f"last.pt on {name:12s} {mean_std([r['folders'][name] for r in rows])}")
+    for name in dict.fromkeys(name for row in rows for name in row["folders"]):
+        print(f"last.pt on {name:12s} {mean_std([r['folders'][name] for r in rows if name in r['folders']])}")
     for key in rows[0].get("at_size", {}):
         print(f"last.pt @ {key:7s} {mean_std([r['at_size'][key] for r in rows])}")
     for target in TARGETS:
@@ -185,8 +195,6 @@ def main() -> None:
             f"time to {target:.0%}: reached by {len(done)}/{len(rows)} seeds"
             + (f", mean {statistics.mean(done):.0f} s" if done else "")
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak / 1e9, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

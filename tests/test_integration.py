@@ -43,6 +43,26 @@ def test_benchmark_scripts_start(script):
     assert "usage:" in completed.stdout
 
 
+def test_time_to_accuracy_refuses_a_missing_folder_first_and_keeps_a_run_it_cannot_score(tiny_data, tmp_path):
+    """A --folder that is not there stops the benchmark before any training; one that cannot be scored after
+    training (here: no folder named after a class the model knows) is a printed skip, and the seed's row is kept."""
+    tiny = ["-s", "data.image_size", "32", "-s", "data.eval_size", "32", "-s", "data.batch_size", "8", "-s", "data.workers", "1"]
+    tiny += ["-s", "model.widths", "8,16", "-s", "model.blocks", "1,1", "-s", "system.threads", "1", "-s", "train.epochs", "1"]
+    command = [sys.executable, str(BENCH / "time_to_accuracy.py"), "--data-dir", str(tiny_data), "--preset", "plain"]
+    command += ["--seeds", "0", "--runs-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "rows.json"), *tiny]
+
+    missing = subprocess.run([*command, "--folder", str(tmp_path / "gone")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "gone: not a folder" in missing.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "rows.json").exists()
+
+    (tmp_path / "photos" / "horse").mkdir(parents=True)
+    unknown = subprocess.run([*command, "--folder", str(tmp_path / "photos")], capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 0, unknown.stderr[-2000:]
+    assert "not scored:" in unknown.stdout and "no folder named after a class" in unknown.stdout
+    (row,) = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert row["folders"] == {} and row["epochs"] == 1 and (Path(row["run"]) / "checkpoints" / "last.pt").is_file()
+
+
 @needs_real_data
 @pytest.mark.slow
 def test_export_of_a_real_model_matches_pytorch_on_the_real_validation_images(tmp_path, capsys):
