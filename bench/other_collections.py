@@ -1,7 +1,7 @@
 """Build a labelled folder of cat / dog / panda photos from collections other than the Animals set's, for
 `evaluate --folder`, the pipeline's `eval_dirs` and `time_to_accuracy.py --folder`.
 
-    python bench/other_collections.py --source PATH/TO/AILearningHub --out ../shared/other_collections
+    python bench/other_collections.py --source PATH/TO/AILearningHub --out data/other_collections   # data/ is git-ignored
 
 Source (a public repository; clone it, or point --source at a bare mirror of it):
 - LTSACH/AILearningHub, `datasets/oxford-pets/data/sample_images/{cats,dogs}/`: 370 photos sampled from
