@@ -104,7 +104,13 @@ def score_runs(run_dirs: list[str], sizes: list[int], folders: list[str]) -> Non
         rows.append(row)
         print(run, "  ".join(f"{key} {value:.2%}" for key, value in row.items()), flush=True)
     for key in dict.fromkeys(key for row in rows for key in row):
-        print(f"last.pt @ {key:12s} {mean_std([row[key] for row in rows if key in row])}")
+        print(f"last.pt @ {key:12s} {mean_of_those_scored([row.get(key) for row in rows])}")
+
+
+def mean_of_those_scored(values: list[float | None]) -> str:
+    """mean_std of the runs scored (None: not scored), saying how many they are when not all."""
+    scored = [value for value in values if value is not None]
+    return mean_std(scored) + ("" if len(scored) == len(values) else f" ({len(scored)} of {len(values)} runs scored)")
 
 
 def mean_std(values: list[float], unit: str = "%") -> str:
@@ -185,7 +191,7 @@ def main() -> None:
     print(f"final valid accuracy   {mean_std([r['final_valid_acc'] for r in rows])}")
     print(f"training time          {mean_std([r['train_s'] for r in rows], 's')}")
     for name in dict.fromkeys(name for row in rows for name in row["folders"]):
-        print(f"last.pt on {name:12s} {mean_std([r['folders'][name] for r in rows if name in r['folders']])}")
+        print(f"last.pt on {name:12s} {mean_of_those_scored([r['folders'].get(name) for r in rows])}")
     for key in rows[0].get("at_size", {}):
         print(f"last.pt @ {key:7s} {mean_std([r['at_size'][key] for r in rows])}")
     for target in TARGETS:

@@ -1,5 +1,6 @@
 """A short training run on the real data set: the whole command, end to end."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -59,8 +60,19 @@ def test_time_to_accuracy_refuses_a_missing_folder_first_and_keeps_a_run_it_cann
     unknown = subprocess.run([*command, "--folder", str(tmp_path / "photos")], capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 0, unknown.stderr[-2000:]
     assert "not scored:" in unknown.stdout and "no folder named after a class" in unknown.stdout
+    assert "last.pt on" not in unknown.stdout  # no mean printed for a folder no run was scored on
     (row,) = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert row["folders"] == {} and row["epochs"] == 1 and (Path(row["run"]) / "checkpoints" / "last.pt").is_file()
+
+
+def test_time_to_accuracy_says_when_a_mean_leaves_runs_out(monkeypatch):
+    """A folder mean over fewer runs than were trained (some not scored) says how many it holds."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", BENCH / "time_to_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.mean_of_those_scored([0.8, None, 0.9]) == "85.00% ± 7.07% (2 of 3 runs scored)"
+    assert module.mean_of_those_scored([0.8, 0.9]) == "85.00% ± 7.07%"
 
 
 @needs_real_data
