@@ -246,6 +246,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{headline(evaluation.summary())} on {len(evaluation.labels)} images: {evaluation.split}")
         if evaluation.caveat:
             print(f"note: {evaluation.caveat}")
+        if evaluation.absent:
+            print(f"no images of {', '.join(evaluation.absent)}: left out of the table and its averages")
         print("per class, worst recall first:")
         print(evaluation.per_class().round(3).to_string())
     return 0

@@ -20,11 +20,12 @@ def evaluate_runs(runs: list[RunRecord], checkpoint: str = "last.pt") -> dict[st
 
 
 def per_class_accuracy(evaluations: dict[str, Evaluation]) -> pd.DataFrame:
-    """Recall of every class (rows) for every run (columns), and the overall accuracy."""
+    """Recall of every class (rows) for every run (columns), and the overall accuracy; empty where a run's
+    validation images hold none of a class."""
     columns = {}
     for name, evaluation in evaluations.items():
         report = evaluation.report()
-        columns[name] = report.loc[evaluation.class_names, "recall"].to_dict() | {"all": evaluation.accuracy}
+        columns[name] = report["recall"].reindex(evaluation.class_names).to_dict() | {"all": evaluation.accuracy}
     return pd.DataFrame(columns)
 
 
@@ -49,4 +50,4 @@ def disagreements(evaluations: dict[str, Evaluation]) -> pd.DataFrame:
 
 def styled_per_class(frame: pd.DataFrame) -> Styler:
     """`per_class_accuracy` for a report: percentages shaded per class, everything escaped."""
-    return escaped(frame.style, "{:.2%}").background_gradient(axis=1, cmap="Greens")
+    return escaped(frame.style, "{:.2%}", na_rep="–").background_gradient(axis=1, cmap="Greens")

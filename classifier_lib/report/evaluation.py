@@ -64,8 +64,21 @@ class Evaluation:
         """Per-image cross-entropy: how wrong each prediction is."""
         return F.nll_loss(self.probabilities.clamp_min(1e-12).log(), self.data.labels, reduction="none").numpy()
 
+    @property
+    def present(self) -> list[str]:
+        """The classes these images hold: all the model knows on Valid, maybe fewer in another folder."""
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return [name for name, count in zip(self.class_names, counts) if count]
+
+    @property
+    def absent(self) -> list[str]:
+        """The classes the model knows that none of these images belongs to."""
+        present = set(self.present)
+        return [name for name in self.class_names if name not in present]
+
     def report(self) -> pd.DataFrame:
-        """Per-class precision, recall, F1 and support, plus the averages (scikit-learn)."""
+        """Per-class precision, recall, F1 and support of the classes these images hold, plus the averages
+        over them (scikit-learn). An image predicted as a class they do not hold counts against its true class."""
         raw = classification_report(
             self.labels,
             self.predictions,
@@ -74,11 +87,19 @@ class Evaluation:
             output_dict=True,
             zero_division=0,
         )
-        return pd.DataFrame(raw).T
+        table = pd.DataFrame(raw).T
+        if not self.absent:
+            return table
+        # scikit-learn averages a class with no images in as recall 0: the macro average is over those held
+        table = table.drop(index=self.absent)
+        metrics = ["precision", "recall", "f1-score"]
+        table.loc["macro avg", metrics] = table.loc[self.present, metrics].mean()
+        return table
 
     def per_class(self) -> pd.DataFrame:
-        """Precision, recall, F1 and support of every class, worst recall first (no average rows)."""
-        table = self.report().loc[self.class_names].sort_values(["recall", "f1-score"])
+        """Precision, recall, F1 and support of every class these images hold, worst recall first (no average
+        rows)."""
+        table = self.report().loc[self.present].sort_values(["recall", "f1-score"])
         return table.astype({"support": int})
 
     def most_confused(self, count: int = 15) -> pd.DataFrame:
