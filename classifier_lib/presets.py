@@ -31,8 +31,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"train.budget_s": 300.0, "model.whiten_stem": True, "train.bias_lr_scale": 4.0, "model.antialias": True},
     # the default recipe for 60 minutes; before RandAugment joined it, as 250 epochs: 93.0 % ± 0.8 (3 seeds) in
     # 1,907 s at a 375 GFLOP/s peak. On an AVX2 machine the hour fits 109-141 default epochs: below 120 it trains
-    # `fast`'s recipe (243-366 epochs): Valid 92.1 % ± 0.8, other collections 82.5 % ± 2.6 (3 seeds); at 158 default
-    # epochs 94.7 % and 83.0 % (1 seed)
+    # `fast`'s recipe (243-366 epochs): Valid 92.1 % ± 0.8, other collections 82.5 % ± 2.6 (3 seeds); the default
+    # recipe at 140-158 epochs: 93.8 % ± 0.9 and 82.7 % ± 0.3 (3 seeds)
     "best": DEFAULT | {"train.budget_s": 3600.0},
 }
 
@@ -43,8 +43,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # 63.5 %) against 101-105 of `fast`'s recipe with RandAugment (91.3 %, 79.7 %); 40 minutes fitted 105-114 of the
 # default (91.3 %, 79.2 %) against 224-276 of `fast`'s (91.3 %, 82.4 %): a tie on Valid, `fast`'s ahead on the other
 # photos in every seed pair. That is about where they cross (at 266-282 epochs the default leads: 93.1 %, 85.0 %),
-# so the threshold sits just above it; of 115-265 epochs only 158 was measured (one seed pair: the default led by 2.2
-# points on Valid and 1.4 on the other photos)
+# so the threshold sits just above it; at 140-158 epochs the default leads by 1.7 points on Valid in every seed and
+# ties on the other photos (3 seeds), so they cross between about 115 and 140 (not measured)
 SHORT_BUDGET_EPOCHS = 120
 BUDGET_SET = {"train.budget_s", "train.epochs", "train.validate_every", "train.tensorboard_every"}  # a budget sets these
 # The switch keeps the default's augmentation: `fast`'s recipe with RandAugment on half the images, 101-105 epochs in
