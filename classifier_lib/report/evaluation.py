@@ -55,9 +55,14 @@ class Evaluation:
         return top_k_accuracy(self.probabilities, self.labels, 5)
 
     @property
+    def class_counts(self) -> dict[str, int]:
+        """Images of each class the model knows: 0 for a class these images do not hold."""
+        return dict(zip(self.class_names, np.bincount(self.labels, minlength=len(self.class_names)).tolist()))
+
+    @property
     def imbalanced(self) -> bool:
         """Are the classes of these images imbalanced (largest over smallest > IMBALANCE_RATIO)?"""
-        return is_imbalanced(dict(zip(self.class_names, np.bincount(self.labels, minlength=len(self.class_names)))))
+        return is_imbalanced(self.class_counts)
 
     @property
     def losses(self) -> np.ndarray:
@@ -67,14 +72,12 @@ class Evaluation:
     @property
     def present(self) -> list[str]:
         """The classes these images hold: all the model knows on Valid, maybe fewer in another folder."""
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return [name for name, count in zip(self.class_names, counts) if count]
+        return [name for name, count in self.class_counts.items() if count]
 
     @property
     def absent(self) -> list[str]:
         """The classes the model knows that none of these images belongs to."""
-        present = set(self.present)
-        return [name for name in self.class_names if name not in present]
+        return [name for name, count in self.class_counts.items() if not count]
 
     def report(self) -> pd.DataFrame:
         """Per-class precision, recall, F1 and support of the classes these images hold, plus the averages
@@ -88,10 +91,11 @@ class Evaluation:
             zero_division=0,
         )
         table = pd.DataFrame(raw).T
-        if not self.absent:
+        absent = self.absent
+        if not absent:
             return table
         # scikit-learn averages a class with no images in as recall 0: the macro average is over those held
-        table = table.drop(index=self.absent)
+        table = table.drop(index=absent)
         metrics = ["precision", "recall", "f1-score"]
         table.loc["macro avg", metrics] = table.loc[self.present, metrics].mean()
         return table
